@@ -1,0 +1,5 @@
+"""The `restore` command line (placeholder until the CLI module lands)."""
+
+
+def main():  # pragma: no cover
+    print("restore")
