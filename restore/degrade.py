@@ -1,0 +1,48 @@
+"""``restore degrade``: clean images → measurement files (.npz) and previews."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import operators
+from operators import Noise
+from operators.seeding import stream_seed
+
+from .io import Measurement, RestoreError, find_images, load_image, preview, save_image, save_measurement
+
+
+def image_seed(base_seed: int, name: str) -> int:
+    """The seed of one image: derived from the run's seed and the image's relative path, so adding or removing
+    other images never changes it."""
+    return stream_seed(base_seed, "image:" + name) % (2**31)
+
+
+def degrade_one(x, spec: str, noise: Noise, seed: int, source: str = "") -> Measurement:
+    """Measure one (C, H, W) image."""
+    op = operators.build(spec, tuple(x.shape), seeds=[seed])
+    y = operators.measure(op, x[None], noise, [seed])
+    state = {k: v for k, v in op.state_dict().items()}
+    return Measurement(y=y, spec=str(op.spec), image_shape=tuple(x.shape), noise=noise, seed=seed, state=state,
+                       source=source)
+
+
+def degrade_files(inputs: list[str], spec: str, noise: str, seed: int, out: Path, overwrite: bool = False):
+    spec = str(operators.parse(spec))
+    noise = Noise.parse(noise)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RestoreError(f"the output '{out}' is a file; give a folder for --out.")
+    rows = []
+    for path, rel in find_images(inputs):
+        if path.suffix.lower() == ".npz":
+            continue
+        target = out / rel.with_suffix(".npz")
+        if target.exists() and not overwrite:
+            rows.append(dict(image=path, measurement=target, shape=(), status="exists (skipped; --overwrite)"))
+            continue
+        s = image_seed(seed, rel.as_posix())
+        m = degrade_one(load_image(path), spec, noise, s, source=str(path))
+        save_measurement(target, m)
+        save_image(target.with_name(target.stem + "_measurement.png"), preview(m.y[0]))
+        rows.append(dict(image=path, measurement=target, shape=tuple(m.y.shape[1:]), status="written"))
+    return rows

@@ -1,0 +1,255 @@
+"""Image and measurement files.
+
+Images are read into float32 ``(C, H, W)`` tensors on [0, 1]: PNG/JPEG (EXIF orientation honoured, alpha dropped),
+8/16-bit and float TIFF, and NPY arrays (H×W, H×W×C or C×H×W; floats taken as they are). Outputs are written to a
+temporary name in the same folder and renamed, so an interrupted run never leaves a file that looks complete.
+
+A measurement file (``.npz``, written by ``restore degrade``) holds the measurement, the operator spec, the image
+shape, the noise, the seed and the operator's drawn parameters (masks, kernels, coil maps), enough to rebuild the
+exact operator: ``load_measurement`` returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import operators
+from operators import Noise, OperatorError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy"}
+MEASUREMENT_FORMAT = "restore-measurement/1"
+
+
+class RestoreError(Exception):
+    """A user-facing error: one sentence naming the problem and the fix."""
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise RestoreError(f"cannot write '{path}': it is a folder; choose another output name.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RestoreError(f"cannot create the folder '{path.parent}': a file of that name exists; "
+                           f"choose another --out.") from None
+    except PermissionError:
+        raise RestoreError(f"no permission to create '{path.parent}'; choose a writable --out.") from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink(tmp)
+        raise RestoreError(f"cannot write '{path}' ({exc.strerror or exc}); free some space or choose a writable "
+                           f"--out.") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(p) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def load_image(path: "str | Path") -> torch.Tensor:
+    """Read an image file as a float32 (C, H, W) tensor on [0, 1] (C = 1 or 3)."""
+    path = Path(path)
+    if not path.exists():
+        raise RestoreError(f"the file '{path}' does not exist; check the path.")
+    if path.is_dir():
+        raise RestoreError(f"'{path}' is a folder; give an image file or use a folder input where supported.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        else:
+            from PIL import Image, ImageOps
+
+            with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im)
+                if im.mode in ("RGBA", "LA", "P", "PA") or "A" in im.getbands():
+                    im = im.convert("RGBA" if len(im.getbands()) > 2 or im.mode == "P" else "LA")
+                arr = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file for the user
+        raise RestoreError(f"cannot read '{path}' as an image ({type(exc).__name__}: {exc}); give a PNG, JPEG, "
+                           f"TIFF or NPY file.") from None
+    return to_tensor(arr, str(path))
+
+
+def to_tensor(arr: np.ndarray, name: str = "array") -> torch.Tensor:
+    """uint8/uint16/float array (H×W, H×W×C or C×H×W) → float32 (C, H, W) on [0, 1]; alpha is dropped."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
+        raise RestoreError(f"'{name}' has shape {arr.shape}; an image must be H×W, H×W×C or C×H×W with 1, 3 or 4 "
+                           f"channels.")
+    if arr.shape[-1] in (2, 4):  # grey+alpha or RGBA: drop alpha
+        arr = arr[..., :-1]
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        out = arr.astype(np.float32) / 65535.0
+    elif arr.dtype == bool:
+        out = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        out = (arr.astype(np.float64) - min(info.min, 0)) / (info.max - min(info.min, 0))
+    else:
+        out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise RestoreError(f"'{name}' contains NaN or infinite values; clean the data first.")
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(out, -1, 0))).float()
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """(C, H, W) on [0, 1] → H×W or H×W×3 uint8."""
+    arr = img.detach().float().clamp(0, 1).cpu().numpy()
+    arr = np.round(arr * 255.0).astype(np.uint8)
+    return arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
+
+
+def save_image(path: "str | Path", img: torch.Tensor) -> Path:
+    """Write a (C, H, W) image on [0, 1]: .png/.jpg as 8-bit, .tif as float32, .npy as the float array."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    with atomic_path(path) as tmp:
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, img.detach().float().cpu().numpy())
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            arr = img.detach().float().cpu().numpy()
+            tifffile.imwrite(tmp, arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1))
+        else:
+            from PIL import Image
+
+            Image.fromarray(to_uint8(img)).save(tmp, format="PNG" if suffix == ".png" else None)
+    return path
+
+
+def write_json(path: "str | Path", obj) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# measurements
+
+
+@dataclass
+class Measurement:
+    y: torch.Tensor                      # (1, *measurement_shape)
+    spec: str
+    image_shape: tuple[int, int, int]
+    noise: Noise
+    seed: int
+    state: dict = field(default_factory=dict)  # operator buffers
+    source: str = ""                     # the clean image it was made from, if known
+
+    def operator(self, device="cpu") -> "operators.Operator":
+        op = operators.build(self.spec, self.image_shape, seeds=[self.seed], device=device, state=self.state)
+        op.check_measurement(self.y)
+        return op
+
+
+def save_measurement(path: "str | Path", m: Measurement) -> Path:
+    y = m.y.detach().cpu()
+    arrays = {"measurement": y.numpy()}
+    for name, value in m.state.items():
+        arrays[f"state.{name}"] = value.detach().cpu().numpy()
+    meta = {"format": MEASUREMENT_FORMAT, "spec": m.spec, "image_shape": list(m.image_shape),
+            "noise": str(m.noise), "seed": m.seed, "source": m.source, "restore_version": _version()}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return path
+
+
+def load_measurement(path: "str | Path") -> Measurement:
+    path = Path(path)
+    if not path.is_file():
+        raise RestoreError(f"the measurement file '{path}' does not exist; make one with 'restore degrade'.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            y = torch.from_numpy(z["measurement"].copy())
+            state = {k[len("state."):]: torch.from_numpy(z[k].copy()) for k in z.files if k.startswith("state.")}
+    except Exception:  # noqa: BLE001
+        raise RestoreError(f"'{path}' is not a measurement file written by 'restore degrade'; make one with "
+                           f"'restore degrade IMAGE --operator SPEC'.") from None
+    if meta.get("format") != MEASUREMENT_FORMAT:
+        raise RestoreError(f"'{path}' has format '{meta.get('format')}', not {MEASUREMENT_FORMAT}; re-create it "
+                           f"with this version's 'restore degrade'.")
+    m = Measurement(y=y, spec=meta["spec"], image_shape=tuple(meta["image_shape"]), noise=Noise.parse(meta["noise"]),
+                    seed=int(meta["seed"]), state=state, source=meta.get("source", ""))
+    try:
+        m.operator()
+    except OperatorError as exc:
+        raise RestoreError(f"'{path}' does not match its own operator: {exc}") from None
+    return m
+
+
+def preview(y: torch.Tensor) -> torch.Tensor:
+    """A viewable (C, H, W) image on [0, 1] of one measurement: images as they are, complex data (k-space) as
+    log-magnitude, other arrays (sinograms, |FFT|) rescaled to their range."""
+    y = y.detach().cpu()
+    if y.is_complex():
+        mag = torch.log1p(y.abs() * 100.0)
+        y = mag.reshape(-1, *mag.shape[-2:])[:1]  # first channel/coil
+        return y / y.max().clamp_min(1e-12)
+    y = y.float()
+    if y.dim() == 3 and y.shape[0] in (1, 3) and float(y.min()) >= -0.5 and float(y.max()) <= 1.5:
+        return y.clamp(0, 1)
+    y = y.reshape(-1, *y.shape[-2:])[:1]
+    lo, hi = y.min(), y.max()
+    return (y - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """Expand files and folders (recursively) into (path, path relative to its input root) pairs."""
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | {".npz"})
+            if not files:
+                raise RestoreError(f"the folder '{p}' holds no images (PNG, JPEG, TIFF, NPY or NPZ); check the path.")
+            found += [(f, f.relative_to(p)) for f in files]
+        elif p.is_file():
+            found.append((p, Path(p.name)))
+        else:
+            raise RestoreError(f"the input '{p}' does not exist; check the path.")
+    return found
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,31 @@
+"""Regenerate the shipped sample images from scikit-image's bundled data (all CC0 / public domain).
+
+Run from the repository root: python sample_data/make_samples.py
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage import data, transform
+
+HERE = Path(__file__).resolve().parent
+
+
+def save(name: str, array: np.ndarray) -> None:
+    Image.fromarray(array).save(HERE / name, optimize=True)
+    print("wrote", HERE / name, array.shape, array.dtype)
+
+
+def resize(img: np.ndarray, shape) -> np.ndarray:
+    out = transform.resize(img, shape, anti_aliasing=True, preserve_range=True, order=3)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+astronaut = data.astronaut()                      # 512×512 RGB, NASA, public domain
+save("astronaut.png", resize(astronaut, (256, 256, 3)))
+save("astronaut_face64.png", resize(astronaut[20:220, 140:340], (64, 64, 3)))  # face crop, like aligned faces
+save("coffee.png", resize(data.coffee()[8:392, 12:588], (192, 288, 3)))          # CC0, Rachel Michetti
+save("camera.png", resize(data.camera(), (256, 256)))                            # CC0, Lav Varshney
+phantom = transform.resize(data.shepp_logan_phantom(), (128, 128), anti_aliasing=True)  # generated phantom
+save("shepp_logan128.png", np.clip(np.round(phantom * 65535), 0, 65535).astype(np.uint16))
