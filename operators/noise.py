@@ -43,6 +43,9 @@ class Noise:
         if text is None:
             return cls("none")
         if isinstance(text, (int, float)):
+            if not text >= 0:
+                raise OperatorError(f"the noise level must be zero or positive, got {text}; give a σ on the [0, 1] "
+                                    f"scale such as 0.025.")
             return cls("gaussian", sigma=float(text)) if text > 0 else cls("none")
         kind, _, value = str(text).strip().partition(":")
         try:
