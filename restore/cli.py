@@ -15,13 +15,16 @@ from rich.table import Table
 
 import operators
 from operators import OperatorError
+from priors.base import PriorError
 
 from .io import RestoreError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Image restoration and inverse problems with diffusion priors.")
-list_app = typer.Typer(no_args_is_help=True, help="List operators and presets.")
+list_app = typer.Typer(no_args_is_help=True, help="List operators, presets and priors.")
 app.add_typer(list_app, name="list")
+prior_app = typer.Typer(no_args_is_help=True, help="Show, verify, fetch and train diffusion priors.")
+app.add_typer(prior_app, name="prior")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -75,6 +78,107 @@ def list_presets():
     console.print(table)
 
 
+@list_app.command("priors")
+def list_priors_command():
+    """Embedded and public priors, and whether each is available here."""
+    import priors
+
+    table = Table(title="priors (use the name with --prior, or give a checkpoint path)")
+    for col in ("name", "kind", "size", "domain", "available", "where"):
+        table.add_column(col)
+    for row in priors.list_priors():
+        card = row["card"]
+        size = f"{card.channels}×{card.image_size}²" if card.image_size else f"{card.channels}×any"
+        table.add_row(row["name"], row["kind"], size, card.domain, "yes" if row["available"] else "no",
+                      row["location"])
+    console.print(table)
+
+
+@prior_app.command("show")
+def prior_show(name: str = typer.Argument(..., help="prior name (restore list priors)")):
+    """Print a prior's model card."""
+    import json
+
+    import priors
+
+    console.print_json(json.dumps(priors.card_of(name).to_dict()))
+
+
+@prior_app.command("verify")
+def prior_verify(path: Path = typer.Argument(..., help="checkpoint file")):
+    """Check a checkpoint file: sha256 against the registry, and an exact (strict) load into its architecture."""
+    import priors
+
+    report = priors.verify(path)
+    for key, value in report.items():
+        console.print(f"[bold]{key}[/]: {value}")
+    console.print("[green]ok[/]: the file loads exactly" + (f" and is the {report['matches']}"
+                                                            if report["matches"] else ""))
+
+
+@prior_app.command("fetch")
+def prior_fetch(name: str = typer.Argument(..., help="public prior name (restore list priors)")):
+    """Download a public checkpoint into the cache (resumable, verified)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    import priors
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console) as bar:
+        task = bar.add_task(f"fetching {name}", total=None)
+        path = priors.fetch(name, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"saved {path}")
+
+
+@prior_app.command("train")
+def prior_train(
+    data: Path = typer.Argument(..., help="folder of training images (searched recursively)"),
+    name: str = typer.Option(..., "--name", help="name of the prior (file stem of the outputs)"),
+    out: Path = typer.Option(Path("trained_priors"), "--out", help="folder for NAME.safetensors and NAME.json"),
+    size: int = typer.Option(64, "--size", help="training resolution"),
+    channels: int = typer.Option(3, "--channels", help="3 = RGB, 1 = grey"),
+    arch: str = typer.Option("small64", "--arch", help="tiny, small64, small128, or a JSON dict of ADM arguments"),
+    crop: str = typer.Option("resize", "--crop", help="resize (whole images) or random (random crops)"),
+    steps: int = typer.Option(10000, "--steps", help="total optimisation steps (resumes where it stopped)"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(2e-4, "--lr"),
+    ema: float = typer.Option(0.999, "--ema", help="EMA decay of the shipped weights"),
+    checkpoint_every: int = typer.Option(250, "--checkpoint-every", help="steps between resumable checkpoints"),
+    work_dir: str = typer.Option("", "--work-dir", help="checkpoint folder (default ~/.cache/restore/train/NAME)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    max_images: int = typer.Option(0, "--max-images", help="use only the first N images (0 = all)"),
+    domain: str = typer.Option("", "--domain", help="what the images are (model card)"),
+    training_data: str = typer.Option("", "--training-data", help="where the data comes from (model card)"),
+    licence: str = typer.Option("", "--licence", help="licence of the data (model card)"),
+    value_map: str = typer.Option("", "--value-map", help="'hu:LO,HI' for 16-bit CT stored as HU+1024"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Train an ADM pixel prior on a folder of images (EMA, resumable checkpoints, fp16 safetensors output)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from priors.train import ARCHITECTURES, TrainConfig, train
+
+    if crop not in ("resize", "random"):
+        raise PriorError(f"--crop must be resize or random, got '{crop}'.")
+    if arch not in ARCHITECTURES and not arch.strip().startswith("{"):
+        raise PriorError(f"unknown --arch '{arch}'; use one of {', '.join(ARCHITECTURES)} or a JSON dict.")
+    if not data.is_dir():
+        raise PriorError(f"the training folder '{data}' does not exist; check the path.")
+    cfg = TrainConfig(data=str(data), name=name, out=str(out), size=size, channels=channels, arch=arch, crop=crop,
+                      steps=steps, batch_size=batch_size, lr=lr, ema=ema, checkpoint_every=checkpoint_every,
+                      work_dir=work_dir, device=device, max_images=max_images, domain=domain,
+                      training_data=training_data, licence=licence, value_map=value_map, seed=seed)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  "{task.fields[info]}", TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(f"training {name}", total=steps, info="")
+
+        def on_step(step, loss, rate):
+            bar.update(task, completed=step, info=f"loss {loss:.4f}  {rate:.1f} img/s")
+
+        weights, card = train(cfg, log=lambda m: bar.console.print(m), on_step=on_step)
+    console.print(f"wrote {weights} and {card}")
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="output folder")):
     """Degrade the shipped sample images with several operators and restore them (pseudo-inverse baseline)."""
@@ -89,7 +193,7 @@ def main(argv: Optional[list] = None) -> int:
         app(args=argv, prog_name="restore")  # standalone mode: usage errors exit 2 with typer's message
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except (RestoreError, OperatorError) as exc:
+    except (RestoreError, OperatorError, PriorError) as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,189 @@
+"""One interface for every diffusion prior.
+
+A prior wraps an ε-prediction network trained on a discrete VP schedule (ADM / DDPM convention) and offers two
+views of the same model:
+
+* the **discrete VP view** used by DDPM/DDIM-style solvers (DPS, DDNM, RED-Diff, ReSample): ``alphas_cumprod``
+  (ᾱ_t, t = 0 … T−1), ``model_output(x_t, t)`` → (ε̂, v) where v ∈ [-1, 1] is the learned-range variance
+  interpolation when the network has those channels (None otherwise), and ``tweedie_vp`` x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t;
+* the **σ-space Tweedie denoiser** used by EDM-style solvers (DAPS): ``denoise(x, σ)`` ≈ E[x₀ | x₀ + σ·n = x],
+  for x on the [-1, 1] data scale.
+
+They are the same model because x_t = √ᾱ·x₀ + √(1−ᾱ)·ε is x_t/√ᾱ = x₀ + σ·ε with σ = √((1−ᾱ)/ᾱ):
+D(x, σ) = x − σ·ε̂(x/√(1+σ²), t(σ)). For a σ between two of the schedule's σ_t, t(σ) is interpolated linearly in
+log σ and passed to the network as a fractional timestep (the ADM timestep embedding is continuous).
+Latent priors add ``encode``/``decode`` and expose the same views in latent space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class PriorError(ValueError):
+    """A user-facing problem with a prior or checkpoint: one sentence naming the problem and the fix."""
+
+
+def sha256_file(path: "str | Path") -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def linear_betas(T: int = 1000, start: float = 1e-4, end: float = 0.02) -> Tensor:
+    """ADM/DDPM "linear" schedule (β from 1e-4 to 0.02 for T = 1000), in float64."""
+    return torch.linspace(start, end, T, dtype=torch.float64)
+
+
+def ldm_linear_betas(T: int = 1000, start: float = 0.0015, end: float = 0.0195) -> Tensor:
+    """Latent-diffusion "linear" schedule: linspace(√start, √end, T)² (not the same as ADM's)."""
+    return torch.linspace(start**0.5, end**0.5, T, dtype=torch.float64) ** 2
+
+
+def cosine_betas(T: int = 1000, s: float = 0.008) -> Tensor:
+    """Improved-DDPM cosine schedule (β clipped at 0.999)."""
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+
+
+SCHEDULES = {"linear": linear_betas, "ldm-linear": ldm_linear_betas, "cosine": cosine_betas}
+
+
+@dataclasses.dataclass
+class PriorCard:
+    """Metadata carried by every prior (and written as its model card)."""
+
+    name: str
+    image_size: int | None          # native resolution (None: any size the network's downsampling divides)
+    channels: int
+    domain: str                     # what the images are: "faces", "natural photographs", "brain MRI", ...
+    schedule: str = "linear"        # key of SCHEDULES
+    timesteps: int = 1000
+    parameterisation: str = "eps"
+    learned_variance: bool = False
+    value_range: str = "[-1, 1]"
+    latent: bool = False
+    training_data: str = ""
+    licence: str = ""
+    sha256: str = ""
+    architecture: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PriorCard":
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names}
+        card = cls(**known)
+        card.extra.update(extra)
+        return card
+
+
+class DiffusionPrior(nn.Module):
+    """An ε-prediction network ``net(x_t, t)`` on a discrete VP schedule, with both views described above.
+
+    ``net`` returns (B, C, H, W) ε̂, or (B, 2C, H, W) when it also predicts the learned-range variance."""
+
+    def __init__(self, net: nn.Module, card: PriorCard):
+        super().__init__()
+        self.net = net
+        self.card = card
+        betas = SCHEDULES[card.schedule](card.timesteps)
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        self.register_buffer("betas", betas.float(), persistent=False)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        # σ_t = √((1−ᾱ_t)/ᾱ_t), increasing in t; kept in float64 for the σ → t interpolation
+        self.register_buffer("_log_sigmas", (0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)),
+                             persistent=False)
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def T(self) -> int:
+        return self.card.timesteps
+
+    @property
+    def sigmas(self) -> Tensor:
+        """σ_t for t = 0 … T−1 (float32)."""
+        return self._log_sigmas.exp().float()
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self._log_sigmas[0].exp())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self._log_sigmas[-1].exp())
+
+    def t_of_sigma(self, sigma: Tensor) -> Tensor:
+        """Fractional timestep whose σ_t equals ``sigma`` (linear in log σ between schedule points, clamped to
+        [0, T−1])."""
+        log_s = torch.as_tensor(sigma, dtype=torch.float64, device=self._log_sigmas.device).log()
+        log_s = log_s.clamp(self._log_sigmas[0], self._log_sigmas[-1])
+        idx = torch.searchsorted(self._log_sigmas, log_s.reshape(-1)).clamp(1, self.T - 1).reshape(log_s.shape)
+        lo, hi = self._log_sigmas[idx - 1], self._log_sigmas[idx]
+        frac = (log_s - lo) / (hi - lo)
+        return (idx - 1 + frac).float()
+
+    def sigma_of_t(self, t: Tensor) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64, device=self._log_sigmas.device).clamp(0, self.T - 1)
+        lo = t.floor().long().clamp(max=self.T - 2)
+        frac = t - lo
+        return ((1 - frac) * self._log_sigmas[lo] + frac * self._log_sigmas[lo + 1]).exp().float()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # discrete VP view
+    def model_output(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(ε̂, v): the network's noise prediction and, when it has them, the variance channels v ∈ [-1, 1]."""
+        t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
+        if t.dim() == 0:
+            t = t.expand(x_t.shape[0])
+        out = self.net(x_t, t)
+        c = x_t.shape[1]
+        if out.shape[1] == 2 * c:
+            return out[:, :c], out[:, c:]
+        return out, None
+
+    def tweedie_vp(self, x_t: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
+        """x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t at (possibly fractional) timestep t."""
+        if eps is None:
+            eps, _ = self.model_output(x_t, t)
+        a = self.alpha_bar(t, x_t)
+        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
+        """ᾱ at (possibly fractional) t, shaped to broadcast against ``like``."""
+        sigma = self.sigma_of_t(t).to(like.device)
+        a = 1.0 / (1.0 + sigma.double() ** 2)
+        a = a.float()
+        return a.reshape(-1, *([1] * (like.dim() - 1))) if a.dim() else a
+
+    # ------------------------------------------------------------------------------------------------------------
+    # σ-space view
+    def denoise(self, x: Tensor, sigma: "float | Tensor") -> Tensor:
+        """D(x, σ) ≈ E[x₀ | x₀ + σ·n = x] for x on the [-1, 1] data scale; σ a number or one per image."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        if sigma.dim() == 0:
+            sigma = sigma.expand(x.shape[0])
+        s = sigma.reshape(-1, *([1] * (x.dim() - 1)))
+        eps, _ = self.model_output(x / (1 + s**2).sqrt(), self.t_of_sigma(sigma))
+        return x - s * eps
+
+    # latent priors override these
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def decode(self, z: Tensor) -> Tensor:
+        return z
