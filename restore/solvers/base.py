@@ -1,0 +1,264 @@
+"""What every solver shares: declared needs, presets, per-image generators, the cost record, the NaN guard, and
+posterior sampling with K samples (mean and per-pixel standard deviation).
+
+A solver is a class with a ``sample`` method that runs its algorithm once on a batch::
+
+    x = solver.sample(y, op, prior, gens, progress)   # y: measurement; returns the estimate on [-1, 1]
+
+Conventions (see the README):
+* the operator acts on **[0, 1]** images; the prior on **[-1, 1]** ones. Solvers work on [-1, 1] and call the operator
+  through ``forward01``/``A_on_pm1`` helpers below, so y = A((x+1)/2) + n;
+* the measurement noise σ_y is on [0, 1] (``noise_sigma``). A paper written on [-1, 1] (DPS, DAPS) has its residual
+  ‖y − A(x)‖ twice as large as ours for the same images: presets say how they translate;
+* every random draw inside a solver comes from ``gens[i]`` for image i (``randn_like_per_image``), so an image's
+  result does not depend on the batch it is in.
+
+``solve()`` wraps ``sample``: checks needs before any work, counts network and operator evaluations, times, records
+peak memory, repeats for K posterior samples, and replaces images that became NaN/Inf by a clear failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import Tensor
+
+from operators import LinearOperator, Operator
+from operators.seeding import generators
+
+Progress = Callable[[int, int], None]
+
+
+class SolverError(ValueError):
+    """A user-facing problem with a solver, its parameters or an impossible combination: one sentence with the fix."""
+
+
+@dataclasses.dataclass
+class Cost:
+    nfe: int = 0                 # network evaluations (calls of the prior's network on the batch)
+    operator_evals: int = 0      # calls of A, Aᴴ, A⁺ or SVD pieces
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0  # CUDA peak, or the process's peak resident memory on the CPU
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Result:
+    x: Tensor                    # (B, C, H, W) estimate on [0, 1] (mean over samples when K > 1)
+    std: Tensor | None           # per-pixel standard deviation over the K samples (K > 1), on [0, 1]
+    samples: int
+    cost: Cost
+    failed: list[str | None]     # per image: None, or why it failed (NaN/Inf)
+    params: dict[str, Any]
+
+
+NEEDS_TEXT = {
+    "linear": "a linear operator",
+    "svd": "a linear operator with an SVD or an exact pseudo-inverse",
+    "latent": "a latent prior (autoencoder + latent UNet)",
+    "pixel": "a pixel-space prior",
+}
+
+
+class Solver:
+    """Base class. Subclasses set ``name``, ``needs``, ``defaults`` and ``presets`` and implement ``sample``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: parameters and their defaults (the official code's where there is one)
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: named parameter sets; each may hold "description"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    stochastic: ClassVar[bool] = True
+
+    def __init__(self, preset: str | None = None, **overrides: Any):
+        params = dict(self.defaults)
+        if preset:
+            if preset not in self.presets:
+                known = ", ".join(sorted(self.presets)) or "none"
+                raise SolverError(f"solver '{self.name}' has no preset '{preset}'; its presets are: {known}.")
+            params.update({k: v for k, v in self.presets[preset].items() if k != "description"})
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in self.defaults:
+                raise SolverError(f"solver '{self.name}' has no parameter '{key}'; its parameters are: "
+                                  f"{', '.join(self.defaults)}.")
+            params[key] = type(self.defaults[key])(value) if self.defaults[key] is not None else value
+        self.preset = preset or ""
+        self.params = params
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def check(self, op: Operator, prior) -> None:
+        """Refuse impossible combinations before any work, with one sentence naming the fix."""
+        latent = bool(getattr(prior.card, "latent", False))
+        problems = []
+        if "linear" in self.needs and not op.linear:
+            problems.append("linear")
+        if "svd" in self.needs and not (op.linear and (getattr(op, "has_svd", False) or _has_exact_pinv(op))):
+            problems.append("svd")
+        if "latent" in self.needs and not latent:
+            problems.append("latent")
+        if "pixel" in self.needs and latent:
+            problems.append("pixel")
+        if problems:
+            need = " and ".join(NEEDS_TEXT[p] for p in problems)
+            raise SolverError(f"solver '{self.name}' needs {need}, but got operator '{op.spec.family}' with prior "
+                              f"'{prior.card.name}'; {self._alternative(problems)}")
+        if prior.card.channels != op.image_shape[0] and not latent:
+            raise SolverError(f"prior '{prior.card.name}' makes {prior.card.channels}-channel images but the "
+                              f"operator is for {op.image_shape[0]}-channel images; use a prior for this kind of "
+                              f"image.")
+
+    def _alternative(self, problems: list[str]) -> str:
+        if "latent" in problems:
+            return "use a latent prior such as faces64-latent, or a pixel solver (dps, daps, ddnm, reddiff)."
+        if "pixel" in problems:
+            return "use a pixel prior, or a solver that handles latent priors (resample, daps)."
+        return "use dps or daps, which need only a differentiable operator."
+
+    def sample(self, y: Tensor, op: Operator, prior, gens: Sequence[torch.Generator],
+               progress: Progress | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+def _has_exact_pinv(op: Operator) -> bool:
+    return bool(getattr(op, "exact_pinv", False))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# helpers for solver code
+
+
+def to01(x: Tensor) -> Tensor:
+    return (x + 1) / 2
+
+
+def to_pm1(x: Tensor) -> Tensor:
+    return x * 2 - 1
+
+
+def randn_like_per_image(x: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
+    """Standard normal noise shaped like x, image i drawn from gens[i] (on the CPU, then moved)."""
+    rows = [torch.randn(tuple(x.shape[1:]), generator=g, dtype=torch.float32) for g in gens]
+    return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+
+
+def batch_norm(v: Tensor) -> Tensor:
+    """Per-image L2 norm (real inner product), shaped (B,)."""
+    v = torch.view_as_real(v) if v.is_complex() else v
+    return v.reshape(v.shape[0], -1).norm(dim=1)
+
+
+def noise_sigma(measurement_noise) -> float:
+    """σ_y on [0, 1] of a ``operators.Noise`` (0 for none / Poisson)."""
+    return float(getattr(measurement_noise, "std", measurement_noise or 0.0))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# counting wrappers
+
+
+class CountingOperator:
+    """Delegates to an operator and counts the evaluations a solver makes."""
+
+    COUNTED = {"A", "A_adjoint", "A_pinv", "Vt", "V", "Ut", "U", "least_squares", "svd_pinv"}
+
+    def __init__(self, op: Operator):
+        self._op = op
+        self.count = 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._op, name)
+        if name in self.COUNTED and callable(attr):
+            def counted(*args, **kwargs):
+                self.count += 1
+                return attr(*args, **kwargs)
+            return counted
+        return attr
+
+
+class _NetCounter:
+    def __init__(self, net: torch.nn.Module):
+        self.calls = 0
+        self.handle = net.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.calls += 1
+
+    def remove(self):
+        self.handle.remove()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], noise=None, samples: int = 1,
+          progress: Progress | None = None) -> Result:
+    """Run ``solver`` on a batch of measurements ``y`` (image i seeded by ``seeds[i]``).
+
+    With ``samples`` = K > 1 the solver runs K times with independent streams and the result holds the mean and the
+    per-pixel standard deviation. Images whose estimate is not finite are reported in ``failed`` (their output is
+    zeros) instead of being returned as garbage."""
+    if len(seeds) != y.shape[0]:
+        raise SolverError(f"got {len(seeds)} seeds for a batch of {y.shape[0]} measurements.")
+    if samples < 1:
+        raise SolverError(f"--samples must be at least 1, got {samples}.")
+    solver.check(op, prior)
+    solver.noise = noise_sigma(noise)
+    counting = CountingOperator(op)
+    net = getattr(prior, "net", None)
+    counter = _NetCounter(net) if isinstance(net, torch.nn.Module) else None
+    if torch.cuda.is_available() and y.is_cuda:
+        torch.cuda.reset_peak_memory_stats(y.device)
+    start = time.perf_counter()
+    draws = []
+    try:
+        for k in range(samples):
+            gens = generators(seeds, f"solver/{solver.name}/{k}")
+            steps_done = (lambda i, n, k=k: progress(k * n + i, samples * n)) if progress else None
+            with torch.no_grad() if not solver_needs_grad(solver) else torch.enable_grad():
+                x = solver.sample(y, counting, prior, gens, steps_done)
+            draws.append(to01(x.detach().float()).clamp(0, 1) if x.is_floating_point() else x.detach())
+    finally:
+        if counter is not None:
+            counter.remove()
+    seconds = time.perf_counter() - start
+    stack = torch.stack(draws)
+    mean = stack.mean(0)
+    std = stack.std(0, unbiased=True) if samples > 1 else None
+    failed: list[str | None] = []
+    for i in range(mean.shape[0]):
+        finite = bool(torch.isfinite(torch.stack(draws)[:, i]).all())
+        failed.append(None if finite else f"solver '{solver.name}' produced NaN/Inf for this image (a step size too "
+                                          f"large for this prior or noise level); try another preset or more steps.")
+        if not finite:
+            mean[i] = 0
+            if std is not None:
+                std[i] = 0
+    cost = Cost(nfe=counter.calls if counter else 0, operator_evals=counting.count, seconds=seconds,
+                peak_memory_mb=_peak_memory_mb(y))
+    return Result(x=mean, std=std, samples=samples, cost=cost, failed=failed,
+                  params=dict(solver.params, preset=solver.preset))
+
+
+def solver_needs_grad(solver: Solver) -> bool:
+    return bool(getattr(solver, "uses_grad", False))
+
+
+def _peak_memory_mb(y: Tensor) -> float:
+    if y.is_cuda:
+        return torch.cuda.max_memory_allocated(y.device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:  # noqa: BLE001 - not available on every platform
+        return math.nan
