@@ -105,6 +105,8 @@ class DiffusionPrior(nn.Module):
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         self.register_buffer("betas", betas.float(), persistent=False)
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        # float64 copy: compute coefficients such as √(1−ᾱ) from it, then cast (as guided-diffusion does in numpy)
+        self.register_buffer("alphas_cumprod64", alphas_cumprod, persistent=False)
         # σ_t = √((1−ᾱ_t)/ᾱ_t), increasing in t; kept in float64 for the σ → t interpolation
         self.register_buffer("_log_sigmas", (0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)),
                              persistent=False)

@@ -1,0 +1,190 @@
+"""The prior interface, checkpoint loading (exact or refused), the registry, and a training round trip."""
+
+import json
+import os
+import pickle
+import urllib.error
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import priors
+from priors.adm import ADMConfig, ADMUNet
+from priors.base import DiffusionPrior, PriorCard, PriorError
+from priors.load import load_prior_file
+from priors.train import ARCHITECTURES, TrainConfig, train
+from restore.cli import main
+from restore.io import save_image
+
+TINY = ADMConfig.from_dict(dict(ARCHITECTURES["tiny"], image_size=16, in_channels=3, learn_sigma=True))
+
+
+def tiny_prior(seed=0) -> DiffusionPrior:
+    torch.manual_seed(seed)
+    net = ADMUNet(TINY)
+    for p in net.parameters():  # the output conv is zero-initialised: give it weights so outputs are not trivial
+        torch.nn.init.normal_(p, std=0.05)
+    card = PriorCard(name="tiny", image_size=16, channels=3, domain="test", learned_variance=True,
+                     architecture={"kind": "adm", **TINY.to_dict()})
+    return DiffusionPrior(net.eval(), card)
+
+
+def test_sigma_space_and_vp_view_are_the_same_model():
+    prior = tiny_prior()
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, 3, 16, 16, generator=g)
+    for t in (0, 10, 500, 999):
+        a = prior.alphas_cumprod[t]
+        sigma = float(((1 - a) / a).sqrt())
+        via_vp = prior.tweedie_vp(x_t, torch.tensor([t, t]))
+        via_sigma = prior.denoise(x_t / a.sqrt(), sigma)
+        assert torch.allclose(via_vp, via_sigma, atol=1e-4, rtol=1e-4), t
+
+
+def test_sigma_t_conversions_invert_each_other():
+    prior = tiny_prior()
+    t = torch.tensor([0.0, 3.5, 250.25, 998.0])
+    assert torch.allclose(prior.t_of_sigma(prior.sigma_of_t(t)), t, atol=1e-3)
+    assert torch.allclose(prior.sigma_of_t(torch.arange(1000.0)), prior.sigmas, rtol=1e-5)
+    ab = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    assert torch.allclose(prior.alphas_cumprod64, ab)
+    assert torch.allclose(prior.sigmas.double(), ((1 - ab) / ab).sqrt(), rtol=1e-5)
+
+
+def test_linear_schedule_is_adm_and_ldm_differs():
+    from priors.base import ldm_linear_betas, linear_betas
+
+    b = linear_betas()
+    assert float(b[0]) == pytest.approx(1e-4) and float(b[-1]) == pytest.approx(0.02)
+    ldm = ldm_linear_betas()
+    assert float(ldm[0]) == pytest.approx(0.0015) and float(ldm[-1]) == pytest.approx(0.0195)
+
+
+def test_learned_variance_channels_are_split():
+    prior = tiny_prior()
+    eps, v = prior.model_output(torch.randn(1, 3, 16, 16), torch.tensor([5]))
+    assert eps.shape == v.shape == (1, 3, 16, 16)
+
+
+def _save(prior, path):
+    save_file({k: v.contiguous() for k, v in prior.net.state_dict().items()}, str(path),
+              metadata={"adm": json.dumps(TINY.to_dict())})
+
+
+def test_safetensors_round_trip_gives_identical_outputs(tmp_path):
+    prior = tiny_prior()
+    _save(prior, tmp_path / "p.safetensors")
+    again = priors.resolve(str(tmp_path / "p.safetensors"))
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(again.denoise(x, 0.7), prior.denoise(x, 0.7))
+
+
+def test_guided_diffusion_style_pt_loads_with_inferred_config(tmp_path):
+    prior = tiny_prior()
+    torch.save({"model": prior.net.state_dict()}, tmp_path / "ckpt.pt")
+    again = load_prior_file(tmp_path / "ckpt.pt", config=TINY)
+    x = torch.randn(1, 3, 16, 16)
+    assert torch.equal(again.denoise(x, 0.3), prior.denoise(x, 0.3))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/restore_pwned",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": _Evil()}, f)
+    with pytest.raises(PriorError, match="refuses for safety"):
+        load_prior_file(path)
+    assert not os.path.exists("/tmp/restore_pwned")
+
+
+def test_a_truncated_file_is_refused(tmp_path):
+    prior = tiny_prior()
+    _save(prior, tmp_path / "p.safetensors")
+    data = (tmp_path / "p.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PriorError, match="truncated or corrupt"):
+        load_prior_file(tmp_path / "cut.safetensors")
+    torch.save(prior.net.state_dict(), tmp_path / "p.pt")
+    data = (tmp_path / "p.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(PriorError, match="truncated or corrupt"):
+        load_prior_file(tmp_path / "cut.pt", config=TINY)
+
+
+def test_a_checkpoint_with_wrong_shapes_is_refused_never_randomly_initialised(tmp_path):
+    state = tiny_prior().net.state_dict()
+    state["out.2.weight"] = torch.zeros(3, 32, 3, 3)  # learn_sigma config expects 6 output channels
+    state["out.2.bias"] = torch.zeros(3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(PriorError, match="does not match the architecture"):
+        load_prior_file(tmp_path / "bad.pt", config=TINY)
+
+
+def test_public_prior_not_downloaded_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTORE_CACHE", str(tmp_path))
+    with pytest.raises(PriorError, match="restore prior fetch ffhq-256"):
+        priors.resolve("ffhq-256")
+
+
+def test_fetch_offline_names_the_url_and_the_local_option(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTORE_CACHE", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(PriorError) as info:
+        priors.fetch("imagenet-256")
+    message = str(info.value)
+    assert "openaipublic" in message and "--prior /path/to/256x256_diffusion_uncond.pt" in message
+
+
+def test_unknown_prior_lists_the_known_ones():
+    with pytest.raises(PriorError, match="imagenet-256"):
+        priors.resolve("no-such-prior")
+
+
+def _tiny_dataset(folder, n=12):
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        save_image(folder / f"{i:02d}.png", torch.rand(3, 20, 20, generator=g))
+
+
+def test_train_save_reload_through_the_registry_gives_identical_outputs(tmp_path):
+    _tiny_dataset(tmp_path / "data")
+    cfg = TrainConfig(data=str(tmp_path / "data"), name="mini", out=str(tmp_path / "out"), size=16, arch="tiny",
+                      steps=3, batch_size=4, checkpoint_every=2, work_dir=str(tmp_path / "work"), device="cpu",
+                      fp16_weights=False, domain="noise", licence="test")
+    weights, card_path = train(cfg, log=lambda m: None)
+    card = json.loads(card_path.read_text())
+    assert card["extra"]["steps"] == 3 and card["sha256"] == priors.base.sha256_file(weights)
+    loaded = priors.resolve(str(weights))
+    assert loaded.card.name == "mini" and loaded.card.licence == "test"
+    # the exported EMA weights are the checkpoint's EMA weights
+    state = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=True)
+    ema = ADMUNet(ADMConfig.from_dict(state["adm"]))
+    ema.load_state_dict(state["ema"])
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])
+    assert torch.equal(loaded.net(x, t), ema.eval()(x, t))
+    # resuming at the final step trains nothing more and exports the same weights
+    again, _ = train(cfg, log=lambda m: None)
+    assert priors.base.sha256_file(again) == card["sha256"]
+
+
+def test_prior_cli_train_show_verify(tmp_path, capsys):
+    _tiny_dataset(tmp_path / "data")
+    code = main(["prior", "train", str(tmp_path / "data"), "--name", "cli", "--out", str(tmp_path / "out"),
+                 "--size", "16", "--arch", "tiny", "--steps", "2", "--batch-size", "2",
+                 "--work-dir", str(tmp_path / "w"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    code = main(["prior", "verify", str(tmp_path / "out" / "cli.safetensors")])
+    out = capsys.readouterr().out
+    assert code == 0 and "sha256" in out and "loads exactly" in out
+    assert main(["prior", "train", str(tmp_path / "nowhere"), "--name", "x"]) == 2
+    assert main(["prior", "verify", str(tmp_path / "nowhere.pt")]) == 2
