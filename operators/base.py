@@ -64,6 +64,15 @@ class Operator(nn.Module):
             probe = torch.zeros((1, *self.image_shape), dtype=self.image_dtype, device=self.device)
             return tuple(self.A(probe).shape[1:])
 
+    @classmethod
+    def image_shape_for(cls, spec: OperatorSpec, measurement_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """The image shape whose measurement has ``measurement_shape`` (to treat a plain file as a measurement).
+        Default: the same shape (masks, blurs, denoising, HDR)."""
+        if len(measurement_shape) != 3:
+            raise OperatorError(f"operator '{spec.family}' expects a (channels, height, width) measurement, got "
+                                f"shape {tuple(measurement_shape)}.")
+        return tuple(int(s) for s in measurement_shape)
+
     # ----------------------------------------------------------------------------------------------------------------
     # shared behaviour
     @property

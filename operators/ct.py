@@ -147,6 +147,21 @@ class CT(LinearOperator):
         gx = torch.where((p >= 0) & (p <= d - 1), p * (2.0 / (d - 1)) - 1.0, torch.full_like(p, -10.0))
         return torch.stack([gx, torch.zeros_like(gx)], dim=-1).float()
 
+    @classmethod
+    def image_shape_for(cls, spec, measurement_shape):
+        c, views, m = super().image_shape_for(spec, measurement_shape)
+        if views != spec["views"]:
+            raise OperatorError(f"the sinogram has {views} views but the operator '{spec}' has {spec['views']}; "
+                                f"set views={views} in the spec (rows are views, columns detector bins).")
+        if spec["circle"]:
+            return (c, m, m)
+        n = int(m / math.sqrt(2))
+        for candidate in (n - 1, n, n + 1, n + 2):
+            if candidate > 0 and int(math.ceil(math.sqrt(2) * candidate)) == m:
+                return (c, candidate, candidate)
+        raise OperatorError(f"no square image gives {m} detector bins with circle=false; check the sinogram or use "
+                            f"circle=true.")
+
     def measurement_shape(self) -> tuple[int, ...]:
         return (self.image_shape[0], len(self.angles), self.n_det)
 

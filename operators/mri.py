@@ -221,6 +221,15 @@ class MRI(LinearOperator):
         c, h, w = self.image_shape
         return (c * self.coils, h, w)
 
+    @classmethod
+    def image_shape_for(cls, spec, measurement_shape):
+        c, h, w = super().image_shape_for(spec, measurement_shape)
+        coils = spec["coils"]
+        if c % coils:
+            raise OperatorError(f"the k-space has {c} channels, not a multiple of coils={coils}; set coils to the "
+                                f"number of coils in the data.")
+        return (c // coils, h, w)
+
     def noise_mask(self) -> Tensor:
         return self.mask
 

@@ -133,6 +133,11 @@ class Downsample(LinearOperator):
         c, h, w = self.image_shape
         return (c, h // self.factor, w // self.factor)
 
+    @classmethod
+    def image_shape_for(cls, spec, measurement_shape):
+        c, h, w = super().image_shape_for(spec, measurement_shape)
+        return (c, h * spec["factor"], w * spec["factor"])
+
     # y = W_h x W_wᵀ ; Aᴴ y = W_hᵀ y W_w ; A⁺ y = W_h⁺ y W_w⁺ᵀ (exact: both W have full row rank)
     def A(self, x: Tensor) -> Tensor:
         return sep(self.m_h, x, self.m_w)

@@ -74,6 +74,19 @@ class PhaseRetrieval(Operator):
         self.pad_h = int(spec["oversample"] / 8 * h)
         self.pad_w = int(spec["oversample"] / 8 * w)
 
+    @classmethod
+    def image_shape_for(cls, spec, measurement_shape):
+        c, hp, wp = Operator.image_shape_for.__func__(cls, spec, measurement_shape)
+
+        def unpadded(n_padded: int) -> int:
+            for n in range(max(1, int(n_padded / (1 + spec["oversample"] / 4)) - 2), n_padded + 1):
+                if n + 2 * int(spec["oversample"] / 8 * n) == n_padded:
+                    return n
+            raise OperatorError(f"no image size pads to {n_padded} with oversample={spec['oversample']}; check the "
+                                f"measurement or the oversample parameter.")
+
+        return (c, unpadded(hp), unpadded(wp))
+
     def A(self, x: Tensor) -> Tensor:
         padded = F.pad(x, (self.pad_w, self.pad_w, self.pad_h, self.pad_h))
         return fft2c(padded).abs()

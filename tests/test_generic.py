@@ -183,3 +183,9 @@ def test_device_move(case):
     if isinstance(op, LinearOperator):
         y = op.A(x)
         assert torch.allclose(on_gpu.A_adjoint(y.cuda()).cpu(), op.A_adjoint(y), atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_image_shape_recovered_from_measurement_shape(case):
+    op = build(case["spec"], case["shape"], seeds=[0])
+    assert type(op).image_shape_for(op.spec, op.measurement_shape()) == op.image_shape
