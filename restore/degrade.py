@@ -41,7 +41,7 @@ def degrade_files(inputs: list[str], spec: str, noise: str, seed: int, out: Path
             rows.append(dict(image=path, measurement=target, shape=(), status="exists (skipped; --overwrite)"))
             continue
         s = image_seed(seed, rel.as_posix())
-        m = degrade_one(load_image(path), spec, noise, s, source=str(path))
+        m = degrade_one(load_image(path), spec, noise, s, source=str(path.resolve()))
         save_measurement(target, m)
         save_image(target.with_name(target.stem + "_measurement.png"), preview(m.y[0]))
         rows.append(dict(image=path, measurement=target, shape=tuple(m.y.shape[1:]), status="written"))

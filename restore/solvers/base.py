@@ -117,6 +117,14 @@ class Solver:
                               f"operator is for {op.image_shape[0]}-channel images; use a prior for this kind of "
                               f"image.")
 
+    def auto_preset(self, op: Operator) -> str | None:
+        """The preset for this operator's task when the solver has one (e.g. DPS's per-task step sizes), else
+        "default" when it exists, else None (the defaults)."""
+        task = task_of(op.spec)
+        if task in self.presets:
+            return task
+        return "default" if "default" in self.presets else None
+
     def _alternative(self, problems: list[str]) -> str:
         if "latent" in problems:
             return "use a latent prior such as faces64-latent, or a pixel solver (dps, daps, ddnm, reddiff)."
@@ -127,6 +135,19 @@ class Solver:
     def sample(self, y: Tensor, op: Operator, prior, gens: Sequence[torch.Generator],
                progress: Progress | None = None) -> Tensor:
         raise NotImplementedError
+
+
+def task_of(spec) -> str:
+    """The task name of an operator spec, as solver presets name them: sr4, deblur-gauss, deblur-motion,
+    inpaint-box, inpaint-random, phase-retrieval, hdr, mri, ct, denoise."""
+    family = spec.family
+    if family == "sr":
+        return f"sr{spec['factor']}"
+    if family == "blur":
+        return {"gaussian": "deblur-gauss", "motion": "deblur-motion"}.get(spec["kind"], "deblur")
+    if family == "mask":
+        return "inpaint-box" if spec["kind"] == "box" else "inpaint-random"
+    return {"phase": "phase-retrieval"}.get(family, family)
 
 
 def _has_exact_pinv(op: Operator) -> bool:

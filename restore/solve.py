@@ -1,0 +1,263 @@
+"""``restore solve``: measurements (or plain images with ``--operator``) → restored images with JSON sidecars.
+
+Inputs are grouped by operator and image size and run in batches; every image keeps its own seed, so a result does
+not depend on the batch it ran in. A folder is processed recursively into the same structure under ``--out``;
+images whose output exists are skipped (``--overwrite`` redoes them), so an interrupted run resumes where it stopped.
+Outputs are written to a temporary name and renamed, so a file that exists is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import operators
+from operators import Noise, OperatorError
+
+from .degrade import image_seed
+from .io import (Measurement, RestoreError, find_images, load_image, load_measurement, save_image, to_tensor,
+                 write_json)
+from .metrics import psnr, ssim
+from .solvers import get_solver, solve
+from .solvers.base import task_of
+
+
+@dataclasses.dataclass
+class Job:
+    source: Path
+    rel: Path
+    m: Measurement
+    reference: torch.Tensor | None = None
+    reference_path: str = ""
+
+
+def load_plain_measurement(path: Path, spec: str) -> torch.Tensor:
+    """A plain file read as the measurement of ``spec``: an image (PNG/JPEG/TIFF), a real or complex .npy
+    (MRI k-space), or a sinogram .npy/.tif ((views, detector) or (C, views, detector))."""
+    family = operators.parse(spec).family
+    if path.suffix.lower() == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        if np.iscomplexobj(arr) or family in ("mri", "ct"):
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            t = t[None] if t.dim() == 2 else t
+            if t.dim() != 3:
+                raise RestoreError(f"'{path}' has shape {tuple(arr.shape)}; a {family} measurement must be 2-D or "
+                                   f"(channels, rows, columns).")
+            return t.to(torch.complex64 if t.is_complex() else torch.float32)
+        return to_tensor(arr, str(path))
+    if family == "ct" and path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        t = torch.from_numpy(np.asarray(tifffile.imread(path), dtype=np.float32))
+        return t[None] if t.dim() == 2 else t
+    return load_image(path)
+
+
+def collect_jobs(inputs: list[str], operator: str | None, noise: str | None, mask: str | None, seed: int,
+                 reference: str | None) -> list[Job]:
+    spec = operator
+    if mask:
+        if not Path(mask).is_file():
+            raise RestoreError(f"the mask file '{mask}' does not exist; check the path.")
+        spec = f"mask:kind=file,file={Path(mask).resolve()}"
+    jobs = []
+    for path, rel in find_images(inputs):
+        if path.stem.endswith("_measurement") and path.with_name(path.stem[:-12] + ".npz").is_file():
+            continue  # the preview that 'restore degrade' writes beside each measurement file
+        if path.suffix.lower() == ".npz":
+            m = load_measurement(path)
+            if spec or noise is not None:
+                raise RestoreError(f"'{path}' is a measurement file that carries its own operator and noise; drop "
+                                   f"--operator/--noise/--mask, or give plain images.")
+        else:
+            if not spec:
+                raise RestoreError(f"'{path}' is a plain image: give --operator SPEC (and --noise) saying how it was "
+                                   f"measured, or a measurement file from 'restore degrade'.")
+            y = load_plain_measurement(path, spec)
+            parsed = operators.parse(spec)
+            shape = operators.OPERATORS[parsed.family].image_shape_for(parsed, tuple(y.shape))
+            s = image_seed(seed, rel.as_posix())
+            op = operators.build(parsed, shape, seeds=[s])
+            try:
+                op.check_measurement(y[None])
+            except OperatorError as exc:
+                raise RestoreError(f"'{path}' does not fit the operator: {exc}") from None
+            state = {k: v for k, v in op.state_dict().items()}
+            m = Measurement(y=y[None], spec=str(parsed), image_shape=shape, noise=Noise.parse(noise or 0), seed=s,
+                            state=state, source="")
+        job = Job(path, rel, m)
+        ref = _reference_for(job, reference)
+        if ref is not None:
+            job.reference_path = str(ref)
+            job.reference = load_image(ref)
+            if tuple(job.reference.shape) != tuple(m.image_shape):
+                raise RestoreError(f"the reference '{ref}' is {tuple(job.reference.shape)} but the restored image "
+                                   f"will be {tuple(m.image_shape)}; give the clean image this was measured from.")
+        jobs.append(job)
+    return jobs
+
+
+def _reference_for(job: Job, reference: str | None) -> Path | None:
+    if reference:
+        r = Path(reference)
+        if r.is_dir():
+            for suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy"):
+                candidate = (r / job.rel).with_suffix(suffix)
+                if candidate.is_file():
+                    return candidate
+            return None
+        return r if r.is_file() else None
+    if job.m.source and Path(job.m.source).is_file():
+        return Path(job.m.source)
+    return None
+
+
+def _stack_states(cls, states: list[dict]) -> dict:
+    out = {}
+    for name in states[0]:
+        if name in cls.per_image:
+            out[name] = torch.cat([s[name] for s in states])
+        else:
+            out[name] = states[0][name]
+    return out
+
+
+def versions() -> dict:
+    from . import __version__
+
+    return {"restore": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: str | None = None,
+        steps: int | None = None, samples: int = 1, batch_size: int = 1, device: str = "auto",
+        overwrite: bool = False, lpips_weights: str | None = None,
+        progress: Callable[[str, int, int], None] | None = None, out_format: str = "png") -> list[dict]:
+    """Solve every job; returns one row per image (status, output, metrics, cost)."""
+    import priors
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RestoreError(f"the output '{out}' is a file; give a folder for --out.")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RestoreError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    prior = None if solver_name == "pinv" else priors.resolve(prior_name, device=str(dev))
+    rows: list[dict] = []
+    todo = []
+    for job in jobs:
+        target = out / job.rel.with_suffix(f".{out_format}")
+        if target.exists() and target.with_suffix(".json").exists() and not overwrite:
+            rows.append(dict(input=str(job.source), output=str(target), status="exists (skipped; --overwrite)"))
+        else:
+            todo.append((job, target))
+    groups: dict[tuple, list] = {}
+    for job, target in todo:
+        key = (job.m.spec, tuple(job.m.image_shape), str(job.m.noise), tuple(job.m.y.shape[1:]))
+        groups.setdefault(key, []).append((job, target))
+    for (spec, shape, noise_text, _), items in groups.items():
+        cls = operators.OPERATORS[operators.parse(spec).family]
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            seeds = [j.m.seed for j, _ in chunk]
+            op = operators.build(spec, shape, seeds=seeds, device=dev,
+                                 state=_stack_states(cls, [j.m.state for j, _ in chunk]))
+            y = torch.cat([j.m.y for j, _ in chunk]).to(dev)
+            solver = _make_solver(solver_name, preset, steps, op)
+            the_prior = prior if prior is not None else _NoPrior(shape[0])
+            _check_prior_size(the_prior, shape, solver_name)
+            label = ", ".join(str(j.rel) for j, _ in chunk)
+            result = solve(solver, y, op, the_prior, seeds, noise=Noise.parse(noise_text), samples=samples,
+                           progress=(lambda i, n, label=label: progress(label, i, n)) if progress else None)
+            per_image_seconds = result.cost.seconds / len(chunk)
+            for i, (job, target) in enumerate(chunk):
+                row = dict(input=str(job.source), output=str(target), operator=spec, noise=noise_text,
+                           solver=solver_name, preset=solver.preset, seed=job.m.seed,
+                           seconds=per_image_seconds, nfe=result.cost.nfe)
+                if result.failed[i]:
+                    row.update(status="failed", error=result.failed[i])
+                    rows.append(row)
+                    continue
+                estimate = result.x[i].cpu()
+                metrics = _metrics(estimate, job.reference, lpips_weights) if job.reference is not None else {}
+                save_image(target, estimate)
+                if result.std is not None:
+                    save_image(target.with_name(target.stem + "_std" + target.suffix),
+                               (result.std[i] / result.std[i].max().clamp_min(1e-12)).cpu())
+                sidecar = dict(
+                    input=str(job.source), output=str(target), reference=job.reference_path or None,
+                    operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
+                    solver=solver_name, preset=solver.preset, params=result.params, samples=samples,
+                    prior=_prior_info(prior), device=str(dev), versions=versions(),
+                    cost=dict(result.cost.to_dict(), batch=len(chunk), seconds_per_image=per_image_seconds),
+                    metrics=metrics, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                write_json(target.with_suffix(".json"), sidecar)
+                row.update(status="written", **metrics)
+                rows.append(row)
+    return rows
+
+
+class _NoPrior:
+    """Stands in for a prior for the pinv baseline."""
+
+    def __init__(self, channels: int):
+        from priors.base import PriorCard
+
+        self.card = PriorCard(name="none", image_size=None, channels=channels, domain="")
+
+
+def _make_solver(name: str, preset: str | None, steps: int | None, op):
+    probe = get_solver(name)
+    chosen = preset or probe.auto_preset(op)
+    overrides = {}
+    if steps is not None:
+        if "steps" not in probe.defaults:
+            raise RestoreError(f"solver '{name}' has no --steps parameter; choose one of its presets with --preset.")
+        overrides["steps"] = steps
+    return get_solver(name, preset=chosen, **overrides)
+
+
+def _check_prior_size(prior, shape, solver_name: str) -> None:
+    card = prior.card
+    if solver_name == "pinv" or card.name == "none":
+        return
+    size = card.image_size
+    fixed = size and not card.extra.get("any_size", False)
+    if fixed and tuple(shape[1:]) != (size, size) and not card.latent:
+        raise RestoreError(f"prior '{card.name}' restores {size}×{size} images but this one is {shape[1]}×{shape[2]}; "
+                           f"resize or crop the input to {size}×{size}, or use a prior for this size.")
+    if card.latent and fixed and tuple(shape[1:]) != (size, size):
+        raise RestoreError(f"prior '{card.name}' restores {size}×{size} images but this one is {shape[1]}×{shape[2]}; "
+                           f"resize or crop the input to {size}×{size}.")
+
+
+def _prior_info(prior) -> dict:
+    if prior is None:
+        return {"name": "none"}
+    card = prior.card
+    return {"name": card.name, "sha256": card.sha256, "domain": card.domain, "latent": card.latent}
+
+
+def _metrics(estimate: torch.Tensor, reference: torch.Tensor, lpips_weights: str | None) -> dict:
+    from .lpips_metric import lpips_or_reason
+
+    out = {"psnr": psnr(estimate, reference), "ssim": ssim(estimate, reference)}
+    value, reason = lpips_or_reason(estimate, reference, weights=lpips_weights, download=False)
+    out["lpips"] = value
+    if reason:
+        out["lpips_unavailable"] = reason
+    return out
+
+
+def task_label(spec: str) -> str:
+    return task_of(operators.parse(spec))
+
+
+__all__ = ["Job", "collect_jobs", "run", "versions"]
