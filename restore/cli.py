@@ -111,6 +111,60 @@ def _print_rows(rows, title):
     console.print(table)
 
 
+@app.command("bench")
+def bench_command(
+    images: List[str] = typer.Argument(..., help="clean images or folders; or 'merge' followed by shard folders"),
+    operator: str = typer.Option("", "--operator", "-o", help="comma-separated operator specs or presets; "
+                                 "separate specs that contain commas with ';'"),
+    solver: str = typer.Option("", "--solver", "-s", help="comma-separated solvers (pinv is always added)"),
+    prior: str = typer.Option("faces64", "--prior", "-p"),
+    noise: str = typer.Option("0", "--noise", "-n", help="measurement noise σ on [0, 1]"),
+    limit: int = typer.Option(0, "--limit", help="use only the first N images (0 = all)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="solver preset (default: the one for each task)"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    seed: int = typer.Option(0, "--seed"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: run every n-th image starting at i"),
+    batch_size: int = typer.Option(1, "--batch-size", "-b"),
+    device: str = typer.Option("auto", "--device"),
+    lpips_weights: Optional[str] = typer.Option(None, "--lpips-weights", envvar="RESTORE_LPIPS_WEIGHTS"),
+    out: Path = typer.Option(..., "--out"),
+):
+    """Benchmark solvers on clean images: degrade, solve, and report PSNR/SSIM/LPIPS/time (always beside pinv).
+    'restore bench merge SHARD_DIR... --out DIR' joins sharded runs."""
+    from .bench import bench, merge
+
+    if images and images[0] == "merge":
+        rows = merge(images[1:], out)
+        console.print(f"merged {len(rows)} rows into {out / 'results.csv'} and {out / 'report.md'}")
+        return
+    if not operator:
+        raise RestoreError("give at least one operator with --operator (e.g. sr4,inpaint-box).")
+    specs = [s for s in (operator.split(";") if ";" in operator else operator.split(",")) if s.strip()]
+    solvers = [s.strip() for s in solver.split(",") if s.strip()]
+    from .solvers import get_solver
+
+    for name in solvers:
+        get_solver(name)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("bench", total=None)
+        rows = bench(images, specs, solvers, prior, out, noise=noise, limit=limit, preset=preset, steps=steps,
+                     seed=seed, shard=shard, batch_size=batch_size, device=device, lpips_weights=lpips_weights,
+                     progress=lambda label, i, n: bar.update(task, description=label, completed=i, total=n))
+    from .bench import summarise
+
+    table = Table(title=f"restore bench ({len(rows)} results) → {out}")
+    for col in ("operator", "solver", "n", "PSNR", "SSIM", "LPIPS", "s/img"):
+        table.add_column(col)
+    for op, per in summarise(rows).items():
+        for name, v in per.items():
+            table.add_row(op.split(",")[0], name, str(v["n"]), f"{v['psnr'][0]:.2f}", f"{v['ssim'][0]:.3f}",
+                          f"{v['lpips'][0]:.3f}", f"{v['seconds'][0]:.2f}")
+    console.print(table)
+
+
 @list_app.command("solvers")
 def list_solvers():
     """Solvers, what they need, and their presets."""

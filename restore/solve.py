@@ -149,6 +149,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                        ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RestoreError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    get_solver(solver_name)  # an unknown solver is refused before any prior is loaded
     prior = None if solver_name == "pinv" else priors.resolve(prior_name, device=str(dev))
     rows: list[dict] = []
     todo = []

@@ -1,0 +1,255 @@
+"""``restore bench``: clean images → measurements (fixed seeds) → every solver (always with the ``pinv`` baseline) →
+results.csv / results.json (one row per image × operator × solver), report.md (mean ± std, best per column in bold),
+an image grid per operator and a PSNR-vs-seconds plot. ``--shard i/n`` runs every n-th image for several machines;
+``restore bench merge`` joins the parts and writes the report for all of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import operators
+from operators import Noise
+
+from .degrade import degrade_one, image_seed
+from .io import RestoreError, find_images, load_image, preview, save_image, write_json
+from .solve import Job, run
+
+COLUMNS = ["image", "operator", "solver", "preset", "psnr", "ssim", "lpips", "seconds", "nfe", "status", "output"]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise RestoreError(f"--shard must look like i/n (e.g. 0/4), got '{text}'.") from None
+    if not 0 <= i < n:
+        raise RestoreError(f"--shard {text}: i must be between 0 and n−1.")
+    return i, n
+
+
+def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, out: Path, noise: str = "0",
+          limit: int = 0, preset: str | None = None, steps: int | None = None, seed: int = 0,
+          shard: str | None = None, batch_size: int = 1, device: str = "auto", lpips_weights: str | None = None,
+          progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RestoreError(f"the output '{out}' is a file; give a folder for --out.")
+    specs = [str(operators.parse(s)) for s in specs]
+    solvers = ["pinv"] + [s for s in solvers if s != "pinv"]
+    files = [(p, r) for p, r in find_images(images) if p.suffix.lower() != ".npz"]
+    if limit:
+        files = files[:limit]
+    i, n = parse_shard(shard)
+    files = files[i::n]
+    if not files:
+        raise RestoreError("no images to benchmark in this shard; check the inputs, --limit and --shard.")
+    shard_dir = out if n == 1 else out / f"shard-{i}-of-{n}"
+    noise_model = Noise.parse(noise)
+    rows: list[dict] = []
+    for spec_index, spec in enumerate(specs):
+        task_dir = shard_dir / f"op{spec_index}"
+        jobs = []
+        for path, rel in files:
+            clean = load_image(path)
+            s = image_seed(seed, rel.as_posix())
+            m = degrade_one(clean, spec, noise_model, s, source=str(path.resolve()))
+            save_image(task_dir / "measurements" / rel.with_suffix(".png"), preview(m.y[0]))
+            jobs.append(Job(path, rel, m, reference=clean, reference_path=str(path)))
+        for solver in solvers:
+            result_rows = run(jobs, solver, prior, task_dir / solver, preset=None if solver == "pinv" else preset,
+                              steps=None if solver == "pinv" else steps, batch_size=batch_size, device=device,
+                              overwrite=False, lpips_weights=lpips_weights, progress=progress)
+            for job, r in zip(jobs, result_rows):
+                if r["status"].startswith("exists"):  # resumed: read the finished result back
+                    side = json.loads(Path(r["output"]).with_suffix(".json").read_text())
+                    r = dict(r, status="written", preset=side["preset"], seconds=side["cost"]["seconds_per_image"],
+                             nfe=side["cost"]["nfe"], **side["metrics"])
+                rows.append({k: r.get(k) for k in COLUMNS} | {"image": str(job.rel), "operator": spec,
+                                                               "solver": solver})
+    write_results(shard_dir, rows)
+    if n == 1:
+        write_report(out, rows)
+    return rows
+
+
+def write_results(folder: Path, rows: list[dict]) -> None:
+    write_json(folder / "results.json", rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    path = folder / "results.csv"
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def merge(parts: list[str], out: Path) -> list[dict]:
+    rows = []
+    for part in parts:
+        p = Path(part)
+        files = sorted(p.rglob("results.json")) if p.is_dir() else [p]
+        if not files:
+            raise RestoreError(f"'{part}' holds no results.json; give the shard folders written by 'restore bench'.")
+        for f in files:
+            rows += json.loads(f.read_text())
+    seen = set()
+    unique = []
+    for r in rows:
+        key = (r["image"], r["operator"], r["solver"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    write_results(Path(out), unique)
+    write_report(Path(out), unique)
+    return unique
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """{operator: {solver: {metric: (mean, std)}}} over written rows."""
+    table: dict = {}
+    for r in rows:
+        if r.get("status") != "written":
+            continue
+        table.setdefault(r["operator"], {}).setdefault(r["solver"], []).append(r)
+    out: dict = {}
+    for op, per_solver in table.items():
+        out[op] = {}
+        for solver, rs in per_solver.items():
+            out[op][solver] = {m: _mean_std([r.get(m) for r in rs]) for m in ("psnr", "ssim", "lpips", "seconds",
+                                                                                "nfe")}
+            out[op][solver]["n"] = len(rs)
+    return out
+
+
+def write_report(out: Path, rows: list[dict]) -> None:
+    summary = summarise(rows)
+    lines = ["# restore bench report", "",
+             "Mean ± standard deviation over the images. PSNR/SSIM on [0, 1] (data range 1, scikit-image); LPIPS "
+             "AlexNet (lower is better); seconds per image on this machine; NFE = network evaluations. Best per "
+             "column in **bold**.", ""]
+    for op, per_solver in summary.items():
+        lines += [f"## `{op}`", "", "| solver | n | PSNR ↑ | SSIM ↑ | LPIPS ↓ | s/img | NFE |",
+                  "|---|---|---|---|---|---|---|"]
+        best = {m: (max if m in ("psnr", "ssim") else min)(
+            (v[m][0] for v in per_solver.values() if not math.isnan(v[m][0])), default=math.nan)
+            for m in ("psnr", "ssim", "lpips")}
+        for solver, v in per_solver.items():
+            cells = []
+            for m, fmt in (("psnr", ".2f"), ("ssim", ".3f"), ("lpips", ".3f")):
+                mean, std = v[m]
+                text = "–" if math.isnan(mean) else f"{mean:{fmt}} ± {std:{fmt}}"
+                cells.append(f"**{text}**" if not math.isnan(mean) and mean == best[m] else text)
+            lines.append(f"| {solver} | {v['n']} | " + " | ".join(cells)
+                         + f" | {v['seconds'][0]:.2f} | {v['nfe'][0]:.0f} |")
+        lines.append("")
+        grid = _grid(out, op, rows)
+        if grid:
+            lines += [f"![grid]({grid.relative_to(out).as_posix()})", ""]
+    plot = _plot(out, summary)
+    if plot:
+        lines += ["## PSNR against time", "", f"![psnr vs seconds]({plot.relative_to(out).as_posix()})", ""]
+    from .io import atomic_path
+
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def _grid(out: Path, op: str, rows: list[dict], max_images: int = 4) -> Path | None:
+    """Rows: images; columns: ground truth, measurement preview, then each solver's output."""
+    from PIL import Image
+
+    mine = [r for r in rows if r["operator"] == op and r.get("status") == "written"]
+    images = list(dict.fromkeys(r["image"] for r in mine))[:max_images]
+    solvers = list(dict.fromkeys(r["solver"] for r in mine))
+    if not images:
+        return None
+    tiles = []
+    for image in images:
+        by_solver = {r["solver"]: r for r in mine if r["image"] == image}
+        any_row = next(iter(by_solver.values()))
+        task_dir = Path(any_row["output"]).parents[len(Path(image).parts)]  # .../op<k>/<solver>/<image> → op<k>
+        truth = Path(json.loads(Path(any_row["output"]).with_suffix(".json").read_text())["reference"] or "")
+        row_tiles = [truth, task_dir / "measurements" / Path(image).with_suffix(".png")]
+        row_tiles += [Path(by_solver[s]["output"]) if s in by_solver else None for s in solvers]
+        tiles.append(row_tiles)
+    size = 96
+    canvas = Image.new("RGB", (size * (2 + len(solvers)), size * len(tiles)), "white")
+    for y, row_tiles in enumerate(tiles):
+        for x, path in enumerate(row_tiles):
+            if path is not None and path.is_file():
+                with Image.open(path) as im:
+                    canvas.paste(im.convert("RGB").resize((size, size)), (x * size, y * size))
+    path = out / f"grid_{_slug(op)}.png"
+    with _atomic(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def _plot(out: Path, summary: dict) -> Path | None:
+    """PSNR against seconds per image, one point per (operator, solver), drawn with PIL (no plotting library)."""
+    from PIL import Image, ImageDraw
+
+    points = [(solver, v["seconds"][0], v["psnr"][0]) for per in summary.values() for solver, v in per.items()
+              if not math.isnan(v["psnr"][0])]
+    if not points:
+        return None
+    w, h, pad = 640, 400, 50
+    xs = [math.log10(max(p[1], 1e-4)) for p in points]
+    ys = [p[2] for p in points]
+    x0, x1 = min(xs) - 0.2, max(xs) + 0.2
+    y0, y1 = min(ys) - 1, max(ys) + 1
+    im = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(im)
+    d.rectangle((pad, pad // 2, w - pad // 2, h - pad), outline="black")
+    d.text((w // 2 - 60, h - 25), "seconds per image (log)", fill="black")
+    d.text((5, pad // 2 - 15), "PSNR dB", fill="black")
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    names = list(dict.fromkeys(p[0] for p in points))
+    for (solver, _, _), x, y in zip(points, xs, ys):
+        px = pad + (x - x0) / (x1 - x0) * (w - 1.5 * pad)
+        py = h - pad - (y - y0) / (y1 - y0) * (h - 1.5 * pad)
+        c = colours[names.index(solver) % len(colours)]
+        d.ellipse((px - 4, py - 4, px + 4, py + 4), fill=c)
+    for k, name in enumerate(names):
+        d.text((pad + 10, pad // 2 + 5 + 14 * k), name, fill=colours[k % len(colours)])
+    for value in (math.floor(y0), math.ceil(y1)):
+        py = h - pad - (value - y0) / (y1 - y0) * (h - 1.5 * pad)
+        d.text((pad - 25, py - 5), str(value), fill="black")
+    path = out / "psnr_vs_seconds.png"
+    with _atomic(path) as tmp:
+        im.save(tmp, format="PNG")
+    return path
+
+
+def _slug(text: str) -> str:
+    import hashlib
+
+    return "".join(c if c.isalnum() else "_" for c in text.split(",")[0])[:40] + "_" + \
+        hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def _atomic(path: Path):
+    from .io import atomic_path
+
+    return atomic_path(path)
+
+
+__all__ = ["bench", "merge", "parse_shard", "summarise"]
