@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# offline LPIPS weights when ../shared is beside the clone (elsewhere LPIPS is reported as unavailable)
+export RESTORE_LPIPS_WEIGHTS ?= $(wildcard ../shared/data/lpips/lpips_alex_v0.1.safetensors)
 
 .PHONY: demo test test-all bench venv clean
 

@@ -28,8 +28,9 @@ app.add_typer(list_app, name="list")
 prior_app = typer.Typer(no_args_is_help=True, help="Show, verify, fetch and train diffusion priors.")
 app.add_typer(prior_app, name="prior")
 
-console = Console()
-err_console = Console(stderr=True)
+# wide tables when the output is a log or a pipe (rich would wrap them at 80 columns)
+console = Console(width=None if sys.stdout.isatty() else 150)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 
 @app.command()
@@ -307,11 +308,14 @@ def prior_train(
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("demo_out"), "--out", help="output folder")):
-    """Degrade the shipped sample images with several operators and restore them (pseudo-inverse baseline)."""
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="output folder"),
+    lpips_weights: Optional[str] = typer.Option(None, "--lpips-weights", envvar="RESTORE_LPIPS_WEIGHTS"),
+):
+    """Degrade the shipped sample images and restore them with the embedded priors (beside the A⁺y baseline)."""
     from .demo import run_demo
 
-    run_demo(out, console)
+    run_demo(out, console, lpips_weights=lpips_weights)
 
 
 def main(argv: Optional[list] = None) -> int:

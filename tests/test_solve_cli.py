@@ -106,3 +106,46 @@ def test_bench_report_and_shards_merge_to_the_same_rows(tmp_path, capsys):
     for r in merged:  # same seeds per image whatever the shard: identical metrics
         assert abs(r["psnr"] - by_key[key(r)]["psnr"]) < 1e-9
     assert run(capsys, "bench", src, *common, "--shard", "2/2", "--out", tmp_path / "x")[0] == 2
+
+
+def _tiny_prior_file(tmp_path):
+    """A tiny random 16×16 ADM prior saved with its model card, as 'restore prior train' writes one."""
+    from safetensors.torch import save_file
+
+    from priors.base import sha256_file
+    from solver_testing import tiny_unet_prior
+
+    prior = tiny_unet_prior(channels=3, size=16)
+    path = tmp_path / "tiny16.safetensors"
+    save_file({k: v.contiguous() for k, v in prior.net.state_dict().items()}, str(path))
+    card = prior.card
+    card.architecture = {"kind": "adm", **prior.net.cfg.to_dict()}
+    card.sha256 = sha256_file(path)
+    path.with_suffix(".json").write_text(json.dumps(card.to_dict()))
+    return path
+
+
+def test_solve_with_a_diffusion_solver_records_prior_and_cost(tmp_path, capsys):
+    prior = _tiny_prior_file(tmp_path)
+    save_image(tmp_path / "clean.png", torch.rand(3, 16, 16))
+    assert run(capsys, "degrade", tmp_path / "clean.png", "-o", "sr:factor=2", "--out", tmp_path / "m")[0] == 0
+    code, _, err = run(capsys, "solve", tmp_path / "m", "--solver", "ddnm", "--prior", prior, "--steps", "5",
+                       "--samples", "2", "--out", tmp_path / "r")
+    assert code == 0, err
+    side = json.loads((tmp_path / "r" / "clean.json").read_text())
+    assert side["prior"]["sha256"] == json.loads(prior.with_suffix(".json").read_text())["sha256"]
+    assert side["cost"]["nfe"] == 2 * 5 and side["samples"] == 2 and side["params"]["steps"] == 5
+    assert (tmp_path / "r" / "clean_std.png").is_file()
+
+
+def test_impossible_combinations_are_refused_before_any_work(tmp_path, capsys):
+    prior = _tiny_prior_file(tmp_path)
+    save_image(tmp_path / "clean.png", torch.rand(3, 16, 16))
+    run(capsys, "degrade", tmp_path / "clean.png", "-o", "phase-retrieval", "--out", tmp_path / "pr")
+    code, _, err = run(capsys, "solve", tmp_path / "pr", "--solver", "ddnm", "--prior", prior, "--out", tmp_path / "r")
+    assert code == 2 and "needs a linear operator" in err and "dps or daps" in err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    save_image(tmp_path / "big.png", torch.rand(3, 32, 32))
+    run(capsys, "degrade", tmp_path / "big.png", "-o", "denoise", "--out", tmp_path / "big")
+    code, _, err = run(capsys, "solve", tmp_path / "big", "--solver", "ddnm", "--prior", prior, "--out", tmp_path / "r")
+    assert code == 2 and "restores 16×16 images but this one is 32×32" in err
