@@ -196,13 +196,23 @@ def list_operators():
 
 @list_app.command("presets")
 def list_presets():
-    """Named operator presets (the papers' settings)."""
+    """Named operator presets and solver presets (the papers' settings)."""
     table = Table(title="operator presets")
     table.add_column("preset", style="bold")
     table.add_column("spec")
     table.add_column("what it reproduces")
     for name, (spec, description) in sorted(operators.PRESETS.items()):
         table.add_row(name, spec, description)
+    console.print(table)
+    from .solvers import SOLVERS
+
+    table = Table(title="solver presets (--preset; by default each solver takes the preset named after the task)")
+    for col in ("solver", "preset", "parameters", "what it is"):
+        table.add_column(col)
+    for solver_name, cls in sorted(SOLVERS.items()):
+        for preset_name, values in cls.presets.items():
+            params = ", ".join(f"{k}={v}" for k, v in values.items() if k != "description")
+            table.add_row(solver_name, preset_name, params or "defaults", values.get("description", ""))
     console.print(table)
 
 
