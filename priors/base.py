@@ -95,13 +95,22 @@ class PriorCard:
 class DiffusionPrior(nn.Module):
     """An ε-prediction network ``net(x_t, t)`` on a discrete VP schedule, with both views described above.
 
-    ``net`` returns (B, C, H, W) ε̂, or (B, 2C, H, W) when it also predicts the learned-range variance."""
+    ``net`` returns (B, C, H, W) ε̂, or (B, 2C, H, W) when it also predicts the learned-range variance.
+    ``betas`` (T values, optional) overrides ``SCHEDULES[card.schedule]`` for a schedule with other end points
+    (e.g. a diffusers scheduler's beta_start/beta_end, or its trained_betas)."""
 
-    def __init__(self, net: nn.Module, card: PriorCard):
+    def __init__(self, net: nn.Module, card: PriorCard, betas: Tensor | None = None):
         super().__init__()
         self.net = net
         self.card = card
-        betas = SCHEDULES[card.schedule](card.timesteps)
+        if betas is None:
+            betas = SCHEDULES[card.schedule](card.timesteps)
+        else:
+            betas = torch.as_tensor(betas, dtype=torch.float64).reshape(-1)
+            if betas.numel() != card.timesteps or not bool(((betas > 0) & (betas < 1)).all()):
+                got = f" in [{float(betas.min()):.3g}, {float(betas.max()):.3g}]" if betas.numel() else ""
+                raise PriorError(f"prior '{card.name}': the schedule needs {card.timesteps} betas in (0, 1), got "
+                                 f"{betas.numel()}{got}; check the scheduler config.")
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         self.register_buffer("betas", betas.float(), persistent=False)
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)

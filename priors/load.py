@@ -87,7 +87,8 @@ def load_adm(state: Mapping[str, torch.Tensor], config: ADMConfig | None, source
 def load_prior_file(path: "str | Path", config: ADMConfig | None = None, card: PriorCard | None = None,
                     verify_hash: str = "") -> DiffusionPrior:
     """A DiffusionPrior from an ADM checkpoint file (.safetensors written by ``restore prior train``, or a
-    guided-diffusion .pt). The model card is read from ``card``, or ``PATH.json`` beside the weights if present."""
+    guided-diffusion .pt), or a ``LatentPrior`` when the card (or the file's metadata) says latent. The model card is
+    read from ``card``, or ``PATH.json`` beside the weights if present."""
     path = Path(path)
     if verify_hash:
         digest = sha256_file(path)
@@ -98,6 +99,10 @@ def load_prior_file(path: "str | Path", config: ADMConfig | None = None, card: P
     card_path = path.with_suffix(".json")
     if card is None and card_path.is_file():
         card = PriorCard.from_dict(json.loads(card_path.read_text()))
+    if (card is not None and card.latent) or metadata.get("format") == "restore-latent":
+        from .latent import latent_prior_from_state  # autoencoder + latent ADM UNet in one file
+
+        return latent_prior_from_state(tensors, metadata, card, str(path), config)
     if config is None and card is not None and card.architecture.get("kind") == "adm":
         config = ADMConfig.from_dict({k: v for k, v in card.architecture.items() if k != "kind"})
     if config is None and "adm" in metadata:

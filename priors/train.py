@@ -9,13 +9,14 @@ The result is ``OUT/NAME.safetensors`` (EMA weights, fp16 by default) and ``OUT/
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -66,6 +67,7 @@ class TrainConfig:
     training_data: str = ""
     licence: str = ""
     value_map: str = ""                  # optional "hu:LO,HI" for 16-bit CT stored as HU+1024
+    schedule: str = "linear"             # key of priors.base.SCHEDULES (latent priors: "ldm-linear")
 
     def adm_config(self) -> ADMConfig:
         args = ARCHITECTURES[self.arch] if self.arch in ARCHITECTURES else json.loads(self.arch)
@@ -119,22 +121,44 @@ class ImageFolder:
         scale = 65535.0 if t.dtype in (torch.int32, torch.int64) or t.dtype == torch.uint16 else 255.0
         return t.float() / scale
 
+    def _crop01(self, i: int, top: int, left: int) -> torch.Tensor:
+        """Image i's size × size crop at (top, left) on [0, 1], (H, W, C); 8-bit stays 8-bit (÷255)."""
+        a = self.images[i][top:top + self.size, left:left + self.size]
+        a = a.astype(np.int32) if a.dtype == np.uint16 else np.array(a)  # a writable copy
+        return self._to_unit(torch.from_numpy(a))
+
     def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
         idx = torch.randint(0, len(self.images), (n,), generator=g)
         if hasattr(self, "_stack"):
             raw = self._stack[idx]
+            x = self._to_unit(raw.to(torch.int32) if raw.dtype == torch.uint16 else raw).permute(0, 3, 1, 2)
         else:
             crops = []
             for i in idx.tolist():
                 a = self.images[i]
                 top = int(torch.randint(0, a.shape[0] - self.size + 1, (1,), generator=g))
                 left = int(torch.randint(0, a.shape[1] - self.size + 1, (1,), generator=g))
-                crops.append(torch.from_numpy(a[top:top + self.size, left:left + self.size].astype(np.int32)))
-            raw = torch.stack(crops)
-        x = self._to_unit(raw.to(torch.int32) if raw.dtype == torch.uint16 else raw).permute(0, 3, 1, 2)
+                crops.append(self._crop01(i, top, left))
+            x = torch.stack(crops).permute(0, 3, 1, 2)
         flip = torch.rand(n, generator=g) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x * 2 - 1
+
+    def subset(self, indices: "list[int] | range") -> "ImageFolder":
+        """The same folder restricted to the images at ``indices`` (e.g. a training / held-out split)."""
+        sub = copy.copy(self)
+        sub.images = [self.images[i] for i in indices]
+        if hasattr(self, "_stack"):
+            sub._stack = self._stack[list(indices)]
+        return sub
+
+    def fixed(self, indices: "list[int] | range | None" = None) -> torch.Tensor:
+        """The images at ``indices`` (all by default): centre crops of ``size``, not flipped, on [-1, 1]."""
+        crops = []
+        for i in range(len(self.images)) if indices is None else indices:
+            h, w = self.images[i].shape[:2]
+            crops.append(self._crop01(i, (h - self.size) // 2, (w - self.size) // 2))
+        return torch.stack(crops).permute(0, 3, 1, 2) * 2 - 1
 
 
 def _resize(arr: np.ndarray, size: int) -> np.ndarray:
@@ -162,9 +186,60 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a .safetensors file atomically and byte-for-byte reproducibly: safetensors serialises its metadata from
+    a hash map in random order, so the same weights could get another sha256; the header is rewritten with the
+    metadata keys sorted."""
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(raw)[8 + n:])
+    os.replace(tmp, path)
+
+
+class TrainingData(Protocol):
+    """What ``fit`` trains on: ``batch(n, g)`` → (n, C, H, W) samples of x₀ (images on [-1, 1], or latents)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, n: int, g: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclasses.dataclass
+class FitResult:
+    ema: ADMUNet                 # the EMA weights (what ships)
+    adm: ADMConfig
+    step: int
+    seconds: float               # training time over all resumed chunks
+    device: torch.device
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print,
           on_step: Callable[[int, float, float], None] | None = None) -> tuple[Path, Path]:
     """Train (or resume) and write the final weights and model card. Returns (weights path, card path)."""
+    data = ImageFolder(cfg.data, cfg.size, cfg.channels, cfg.crop, cfg.max_images, cfg.value_map,
+                       progress=lambda i, n: log(f"loading images {i}/{n}") if i == n else None)
+    fitted = fit(cfg, data, log, on_step)
+    return export(cfg, fitted.ema, fitted.adm, fitted.step, fitted.seconds, fitted.device, len(data))
+
+
+def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print,
+        on_step: Callable[[int, float, float], None] | None = None) -> FitResult:
+    """The ε-prediction training loop on ``data`` with the ``cfg.schedule`` VP schedule: resumes from and writes
+    checkpoints in the work dir; returns the EMA model. ``train`` runs it on an image folder, ``priors.latent`` on
+    the latents of an autoencoder."""
+    if cfg.schedule not in SCHEDULES:
+        raise PriorError(f"unknown schedule '{cfg.schedule}'; use one of {', '.join(SCHEDULES)}.")
     device = pick_device(cfg.device)
     work = Path(cfg.work_dir or Path.home() / ".cache" / "restore" / "train" / cfg.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -188,11 +263,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         g.set_state(state["rng"])
         step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
         log(f"resumed {cfg.name} at step {step} from {ckpt_path}")
-    data = ImageFolder(cfg.data, cfg.size, cfg.channels, cfg.crop, cfg.max_images, cfg.value_map,
-                       progress=lambda i, n: log(f"loading images {i}/{n}") if i == n else None)
     log(f"{len(data)} images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {device}")
 
-    betas = SCHEDULES["linear"](1000)
+    betas = SCHEDULES[cfg.schedule](1000)
     ab = torch.cumprod(1 - betas, 0).float().to(device)
     use_amp = device.type == "cuda"
     t0 = time.perf_counter()
@@ -226,23 +299,19 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
             _atomic_save(dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=g.get_state(),
                               step=step, adm=adm.to_dict(), seconds=seconds_before + elapsed), ckpt_path)
     total_seconds = seconds_before + (time.perf_counter() - t0)
-    return export(cfg, ema, adm, step, total_seconds, device, len(data))
+    return FitResult(ema=ema, adm=adm, step=step, seconds=total_seconds, device=device)
 
 
 def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, seconds: float, device: torch.device,
            n_images: int) -> tuple[Path, Path]:
-    from safetensors.torch import save_file
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{cfg.name}.safetensors"
     dtype = torch.float16 if cfg.fp16_weights else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in ema.state_dict().items()}
-    tmp = weights.with_name(weights.name + ".part")
-    save_file(tensors, str(tmp), metadata={"format": "restore-adm", "adm": json.dumps(adm.to_dict())})
-    os.replace(tmp, weights)
+    save_safetensors(tensors, weights, metadata={"format": "restore-adm", "adm": json.dumps(adm.to_dict())})
     card = PriorCard(
-        name=cfg.name, image_size=cfg.size, channels=cfg.channels, domain=cfg.domain, schedule="linear",
+        name=cfg.name, image_size=cfg.size, channels=cfg.channels, domain=cfg.domain, schedule=cfg.schedule,
         timesteps=1000, parameterisation="eps", learned_variance=False, training_data=cfg.training_data,
         licence=cfg.licence, sha256=sha256_file(weights), architecture={"kind": "adm", **adm.to_dict()},
         extra=dict(steps=step, batch_size=cfg.batch_size, lr=cfg.lr, ema=cfg.ema, crop=cfg.crop,
