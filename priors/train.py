@@ -245,6 +245,7 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
     work.mkdir(parents=True, exist_ok=True)
     ckpt_path = work / "checkpoint.pt"
     adm = cfg.adm_config()
+    torch.manual_seed(cfg.seed)  # the initial weights come from the run's seed too
     model = ADMUNet(adm).to(device)
     ema = ADMUNet(adm).to(device)
     ema.load_state_dict(model.state_dict())
