@@ -171,8 +171,8 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
             op = operators.build(spec, shape, seeds=seeds, device=dev,
                                  state=_stack_states(cls, [j.m.state for j, _ in chunk]))
             y = torch.cat([j.m.y for j, _ in chunk]).to(dev)
-            solver = _make_solver(solver_name, preset, steps, op)
             the_prior = prior if prior is not None else _NoPrior(shape[0])
+            solver = _make_solver(solver_name, preset, steps, op, the_prior)
             _check_prior_size(the_prior, shape, solver_name)
             label = ", ".join(str(j.rel) for j, _ in chunk)
             result = solve(solver, y, op, the_prior, seeds, noise=Noise.parse(noise_text), samples=samples,
@@ -214,14 +214,15 @@ class _NoPrior:
         self.card = PriorCard(name="none", image_size=None, channels=channels, domain="")
 
 
-def _make_solver(name: str, preset: str | None, steps: int | None, op):
+def _make_solver(name: str, preset: str | None, steps: int | None, op, prior=None):
     probe = get_solver(name)
-    chosen = preset or probe.auto_preset(op)
+    chosen = preset or probe.auto_preset(op, prior)
     overrides = {}
     if steps is not None:
-        if "steps" not in probe.defaults:
+        key = getattr(probe, "steps_param", "steps")  # DAPS: the number of annealing levels
+        if key not in probe.defaults:
             raise RestoreError(f"solver '{name}' has no --steps parameter; choose one of its presets with --preset.")
-        overrides["steps"] = steps
+        overrides[key] = steps
     return get_solver(name, preset=chosen, **overrides)
 
 

@@ -77,6 +77,8 @@ class Solver:
     #: named parameter sets; each may hold "description"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     stochastic: ClassVar[bool] = True
+    #: the parameter that --steps sets
+    steps_param: ClassVar[str] = "steps"
 
     def __init__(self, preset: str | None = None, **overrides: Any):
         params = dict(self.defaults)
@@ -117,7 +119,7 @@ class Solver:
                               f"operator is for {op.image_shape[0]}-channel images; use a prior for this kind of "
                               f"image.")
 
-    def auto_preset(self, op: Operator) -> str | None:
+    def auto_preset(self, op: Operator, prior=None) -> str | None:
         """The preset for this operator's task when the solver has one (e.g. DPS's per-task step sizes), else
         "default" when it exists, else None (the defaults)."""
         task = task_of(op.spec)

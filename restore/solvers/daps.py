@@ -1,0 +1,243 @@
+"""DAPS — Decoupled Annealing Posterior Sampling (Zhang et al., CVPR 2025), as the official main branch runs it
+(``zhangbingliang2019/DAPS``: ``sampler.py`` ``DAPS``/``LatentDAPS``, ``cores/scheduler.py``, ``cores/mcmc.py``).
+
+Algorithm (variables in the EDM σ-space, x_σ = x₀ + σ·n, on the prior's [-1, 1] scale)::
+
+    σ_0 > σ_1 > … > σ_{N−1} > σ_N = 0            poly-7 grid from σ_max to σ_min (N+1 points; σ_min is not visited)
+    x ~ N(0, σ_0² I)
+    for k = 0 … N−1:
+        x̂₀ = PF-ODE(x, σ_k → σ_ode_min)             M Euler steps of dx/dσ = (x − D(x, σ))/σ   (M network evals)
+        x₀ ~ p(x₀ | x, y) ∝ exp(−‖s·(A(x₀) − y)‖²/τ²) · N(x₀; x̂₀, σ_k² I)   J Langevin (or HMC) steps from x̂₀
+        x = x₀ + σ_{k+1}·n
+
+Likelihood scale (our operators act on [0, 1] images, the official ones on [-1, 1] data):
+* the official data term is ``Operator.loss`` = Σ (A(x) − y)² over the measurement — a sum of squares with no ½ —
+  divided by τ² (so its force is 2× that of ‖·‖²/(2τ²); the legacy branch used the latter);
+* for every operator but phase retrieval the official [-1, 1] residual is exactly 2× ours (A linear: A(x) on
+  [-1, 1] = 2·A((x+1)/2) − A(1); HDR: clip(2x, −1, 1) = 2·hdr((x+1)/2) − 1), so we use s = 2 and the official
+  step sizes lr and τ = 0.01 keep their meaning;
+* DAPS applies phase retrieval to [0, 1] data (``x*0.5 + 0.5`` first), which our operator already does: s = 1.
+The measurement-noise σ_y does not enter DAPS: the likelihood temperature is τ (τ = 0.01 in every official task).
+Exp(−‖s r‖²/τ²) is a Gaussian likelihood with std τ/(√2·s) on our [0, 1] scale, which is what DAPS samples from.
+
+Latent priors (LatentDAPS, ``card.latent``): the same loop on latents z, with x̂₀, the Gaussian prior term and the
+noise in latent space, and the data term through the decoder, ‖s·(A((Dec(z)+1)/2) − y)‖²/τ²; as in the official
+``LatentWrapper.gradient`` its latent gradient is clipped to [−1, 1] element-wise before the 1/τ². The output is
+Dec(z₀).
+
+Cost: N·M network evaluations (no backprop through the network); N·J data-gradient evaluations, each one A and one
+Aᵀ for a linear operator (autograd through A — and the decoder for latent priors — otherwise).
+
+Accuracy (``tests/test_solvers_daps_reddiff.py``): with an exact Gaussian denoiser, a linear operator and τ matched
+to the noise, DAPS's output law is Gaussian and known in closed form, and our samples follow it. Against the exact
+posterior, its mean is close (DAPS-1K schedule: within 0.06 posterior std, RMS) but its covariance is over-dispersed
+(×1.4–1.7 in variance): N(x̂₀, σ_k² I) is wider than the true p(x₀ | x_t) in the directions the prior holds tightly
+(variance σ_k²·P/(P + σ_k²) for a prior variance P), and each level adds that excess back before the next ODE shrinks
+it. That is DAPS's own approximation, not an error of this code.
+
+Deviations from the official code (all deliberate):
+* the denoiser is the prior's own σ-space Tweedie denoiser ``prior.denoise`` (fractional timestep interpolated on
+  the prior's discrete schedule), not DAPS's ``VPPrecond`` with the continuous β_min = 0.1, β_d = 19.9 time map;
+* a NaN in one image does not zero the batch (the official MCMC returns zeros for all): each image runs on and
+  ``solve()`` reports the images that ended non-finite;
+* every random draw comes from the image's own generator, so a result does not depend on the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Solver, SolverError, randn_like_per_image, task_of, to01
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the official per-task MCMC settings (``configs/task/*.yaml``): J, lr, lr_min_ratio, momentum, per task group.
+# keys are our operator presets; "inpaint-box" is DAPS's 128×128 box (our ``inpaint-box-daps`` has its margin 32)
+_TASKS = {
+    #                     pixel (Langevin)          pixel_hmc                       ldm (HMC)
+    "sr4":             ((100, 1e-4, 0.01),    (12, 1.04e-4, 0.012, 0.90),   (24, 1.35e-4, 0.023, 0.86)),
+    "inpaint-box":     ((100, 5e-5, 0.01),    (84, 1.15e-5, 0.014, 0.003),  (15, 9.02e-6, 0.13, 0.74)),
+    "inpaint-random":  ((100, 1e-4, 0.01),    (11, 3.56e-5, 0.015, 0.80),   (38, 8.40e-6, 0.013, 0.92)),
+    "deblur-gauss":    ((100, 1e-4, 0.01),    (82, 4.04e-5, 0.011, 0.10),   (35, 2.70e-6, 0.95, 0.95)),
+    "deblur-motion":   ((100, 5e-5, 0.01),    (96, 3.69e-5, 0.01, 0.11),    (49, 2.4e-5, 0.041, 0.45)),
+    "phase-retrieval": ((100, 5e-5, 0.01),    (62, 9.75e-6, 0.019, 0.73),   (65, 2.1e-5, 0.12, 0.41)),
+    "hdr":             ((100, 2e-5, 0.01),    (100, 2.18e-5, 0.013, 0.23),  (38, 4.52e-6, 0.015, 0.58)),
+}
+
+# DAPS-1K (``configs/sampler/edm_daps.yaml`` and every command in ``commands/pixel_*.sh``): 200 annealing levels
+# σ 100 → 0.1, 5 Euler PF-ODE steps to σ = 0.01 each
+_PIXEL = dict(annealing_steps=200, ode_steps=5, sigma_max=100.0, sigma_min=0.1, ode_sigma_min=0.01)
+# LatentDAPS-100 (``commands/ldm_*.sh``: 50 levels × 2 ODE steps; σ 10 → 0.1, ODE to σ = 0.001 as in
+# ``configs/sampler/sd_edm_daps.yaml`` — the main branch's ``latent_edm_daps.yaml`` has the same values per
+# reference-solvers.md §4.2; it was not in the stored copy of the repository we read)
+_LATENT = dict(annealing_steps=50, ode_steps=2, sigma_max=10.0, sigma_min=0.1, ode_sigma_min=0.001)
+
+
+def _task_presets() -> dict[str, dict]:
+    presets = {}
+    for task, (pixel, hmc, ldm) in _TASKS.items():
+        j, lr, ratio = pixel
+        presets[task] = dict(_PIXEL, mcmc="langevin", mcmc_steps=j, lr=lr, lr_min_ratio=ratio,
+                             description=f"DAPS-1K, official '{task}' pixel Langevin settings (J={j}, lr={lr:g})")
+        j, lr, ratio, m = hmc
+        presets[f"{task}-hmc"] = dict(_PIXEL, mcmc="hmc", mcmc_steps=j, lr=lr, lr_min_ratio=ratio, momentum=m,
+                                      description=f"DAPS-1K with the official '{task}' pixel HMC settings "
+                                                  f"(J={j}, lr={lr:g}, momentum {m:g})")
+        j, lr, ratio, m = ldm
+        presets[f"latent-{task}"] = dict(_LATENT, mcmc="hmc", mcmc_steps=j, lr=lr, lr_min_ratio=ratio, momentum=m,
+                                         description=f"LatentDAPS-100 for latent priors, official '{task}' HMC "
+                                                     f"settings (J={j}, lr={lr:g}, momentum {m:g})")
+    return presets
+
+
+def poly_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> list[float]:
+    """EDM's ρ-polynomial grid of n points from σ_max to σ_min (both included):
+    σ_i = (σ_max^{1/ρ} + i/(n−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ."""
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return [(a + (i / (n - 1)) * (b - a)) ** rho for i in range(n)] if n > 1 else [float(sigma_max)]
+
+
+def residual_scale(op) -> float:
+    """s such that the official DAPS residual is s·(A(x₀₁) − y) on our scale (see the module docstring)."""
+    return 1.0 if op.spec.family == "phase" else 2.0
+
+
+class DAPSSolver(Solver):
+    steps_param = "annealing_steps"  # --steps sets the number of annealing levels
+    name = "daps"
+    description = "Decoupled Annealing Posterior Sampling: PF-ODE x̂₀ + Langevin/HMC on x₀ at each noise level"
+    needs = frozenset()
+    uses_grad = True  # autograd through nonlinear operators and latent decoders (never through the network)
+    defaults = dict(_PIXEL, mcmc="langevin", mcmc_steps=100, lr=1e-4, lr_min_ratio=0.01, tau=0.01, momentum=0.9)
+    presets = {
+        "daps-1k": dict(_PIXEL, description="DAPS-1K: 200 annealing levels × 5 ODE steps = 1000 NFE, 100 Langevin "
+                                            "steps per level, lr 1e-4 (the official pixel setting)"),
+        # the official commands run pixel priors only as DAPS-1K; DAPS-100 is their LDM step count (50 × 2)
+        "daps-100": dict(_PIXEL, annealing_steps=50, ode_steps=2,
+                         description="DAPS-100: 50 annealing levels × 2 ODE steps = 100 NFE (the step counts of "
+                                     "the official LatentDAPS-100 commands) on the pixel schedule, 100 Langevin "
+                                     "steps per level"),
+        **_task_presets(),
+    }
+
+    def __init__(self, preset=None, **overrides):
+        super().__init__(preset, **overrides)
+        p = self.params
+        if p["mcmc"] not in ("langevin", "hmc"):
+            raise SolverError(f"daps: mcmc must be 'langevin' or 'hmc', got '{p['mcmc']}'.")
+        if p["annealing_steps"] < 1 or p["ode_steps"] < 1 or p["mcmc_steps"] < 0:
+            raise SolverError("daps: annealing_steps and ode_steps must be at least 1 and mcmc_steps at least 0.")
+        if not (p["sigma_max"] > p["sigma_min"] > p["ode_sigma_min"] > 0):
+            raise SolverError(f"daps: need sigma_max > sigma_min > ode_sigma_min > 0, got {p['sigma_max']:g}, "
+                              f"{p['sigma_min']:g}, {p['ode_sigma_min']:g}.")
+        if p["lr"] <= 0 or p["tau"] <= 0 or not (0 <= p["momentum"] < 1):
+            raise SolverError("daps: lr and tau must be positive and momentum in [0, 1).")
+
+    # ----------------------------------------------------------------------------------------------------------------
+    def sample(self, y, op, prior, gens, progress=None):
+        p = self.params
+        latent = bool(getattr(prior.card, "latent", False))
+        N, M, J = p["annealing_steps"], p["ode_steps"], p["mcmc_steps"]
+        s = residual_scale(op)
+        data_grad = self._data_gradient(y, op, prior, s, latent)
+
+        # the annealing grid: N+1 poly-7 points, the first N kept, then 0 (EDMScheduler.discretize)
+        sigmas = poly_sigmas(p["sigma_max"], p["sigma_min"], N + 1)[:N] + [0.0]
+        shape = self._state_shape(op, prior, latent, y.device)
+        x = randn_like_per_image(torch.empty((y.shape[0], *shape), device=y.device), gens) * sigmas[0]
+
+        for k in range(N):
+            sigma = sigmas[k]
+            # 1. reverse PF-ODE (Euler) from σ_k down to σ_ode_min: x̂₀, the centre DAPS gives p(x₀ | x_t)
+            with torch.no_grad():
+                x0hat = self._pf_ode(x, prior, poly_sigmas(sigma, p["ode_sigma_min"], M + 1))
+            # 2. MCMC on p(x₀ | x_t, y) with the Gaussian approximation p(x₀ | x_t) ≈ N(x̂₀, σ_k² I);
+            #    the step size decays linearly to lr·lr_min_ratio: η_k = lr·(1 + k/(N+1)·(lr_min_ratio − 1))
+            eta = p["lr"] * (1 + k / (N + 1) * (p["lr_min_ratio"] - 1))
+            x0 = self._mcmc(x0hat, sigma, eta, J, data_grad, gens)
+            # 3. forward diffusion to the next level: x_{k+1} = x₀ + σ_{k+1}·n   (σ_N = 0: the output is x₀)
+            x = x0 + sigmas[k + 1] * randn_like_per_image(x0, gens) if sigmas[k + 1] > 0 else x0
+            if progress:
+                progress(k + 1, N)
+        if latent:
+            with torch.no_grad():
+                x = prior.decode(x)
+        return x
+
+    def auto_preset(self, op, prior=None):
+        """The official settings for the operator's task: the pixel Langevin group, or for a latent prior (when the
+        caller passes it) the LatentDAPS HMC group; None (DAPS-1K defaults) for tasks DAPS has no settings for."""
+        task = task_of(op.spec)
+        if prior is not None and getattr(prior.card, "latent", False):
+            return f"latent-{task}" if f"latent-{task}" in self.presets else None
+        return task if task in self.presets else None
+
+    @staticmethod
+    def _state_shape(op, prior, latent: bool, device) -> tuple[int, ...]:
+        """The shape of one image's state: the image, or its latent (``prior.latent_shape`` or an encoded probe)."""
+        if not latent:
+            return tuple(op.image_shape)
+        if hasattr(prior, "latent_shape"):
+            return tuple(prior.latent_shape(tuple(op.image_shape[1:])))
+        with torch.no_grad():
+            return tuple(prior.encode(torch.zeros((1, *op.image_shape), device=device)).shape[1:])
+
+    @staticmethod
+    def _pf_ode(x: Tensor, prior, grid: list[float]) -> Tensor:
+        """Euler on the probability-flow ODE dx/dσ = (x − D(x, σ))/σ along ``grid`` (len(grid) − 1 network evals)."""
+        for s_cur, s_next in zip(grid[:-1], grid[1:]):
+            d = (x - prior.denoise(x, s_cur)) / s_cur
+            x = x + (s_next - s_cur) * d
+        return x
+
+    def _mcmc(self, x0hat: Tensor, sigma: float, eta: float, steps: int, data_grad, gens) -> Tensor:
+        """J Langevin or (damped) HMC steps on log p(x₀|x_t,y) from x₀ = x̂₀, with the score
+        ∇ log p = −∇_x ‖s·(A(x) − y)‖²/τ² + (x̂₀ − x)/σ_k²  (``data_grad`` returns the data gradient as c·g)."""
+        p = self.params
+        grad_fn, c = data_grad
+        a_prior, a_data = 1.0 / sigma**2, c / p["tau"] ** 2   # score = a_prior·(x̂₀ − x) − a_data·g
+        x = x0hat.clone()
+        if p["mcmc"] == "langevin":
+            noise_scale = math.sqrt(2 * eta)
+            for _ in range(steps):
+                g = grad_fn(x)
+                # x ← x + η·score + √(2η)·ε  =  (1 − η a_prior)·x + η a_prior·x̂₀ − η a_data·g + √(2η)·ε   (in place)
+                x.mul_(1 - eta * a_prior).add_(x0hat, alpha=eta * a_prior).sub_(g, alpha=eta * a_data)
+                x.add_(randn_like_per_image(x, gens), alpha=noise_scale)
+        else:
+            m, h = p["momentum"], math.sqrt(eta)
+            noise_scale = math.sqrt(2 * (1 - m))
+            v = randn_like_per_image(x, gens)                       # v₀ ~ N(0, I)
+            for _ in range(steps):
+                g = grad_fn(x)
+                # v ← m·v + √η·score + √(2(1−m))·ε ;  x ← x + √η·v
+                v.mul_(m).add_(x0hat, alpha=h * a_prior).sub_(x, alpha=h * a_prior).sub_(g, alpha=h * a_data)
+                v.add_(randn_like_per_image(x, gens), alpha=noise_scale)
+                x.add_(v, alpha=h)
+        return x
+
+    @staticmethod
+    def _data_gradient(y: Tensor, op, prior, s: float, latent: bool):
+        """(g, c) with c·g(x) = ∇_x Σ |s·(A((img(x)+1)/2) − y)|² (the official ``Operator.loss``: a sum of squares,
+        no ½), per image.
+
+        Linear operator, pixel prior: in the official variables ỹ = 2y − A(1) (the [-1, 1] measurement),
+        s·(A((x+1)/2) − y) = (s/2)·(A x − ỹ), so the gradient is (s²/2)·Aᵀ(A x − ỹ): one A and one Aᵀ per step.
+        Otherwise autograd through A (and the decoder for latent priors, whose gradient is then clipped to [−1, 1] as
+        in the official ``LatentWrapper.gradient``)."""
+        if op.linear and not latent:
+            with torch.no_grad():
+                y_pm1 = 2 * y - op.A(torch.ones((y.shape[0], *op.image_shape), device=y.device))
+            return (lambda x: op.A_adjoint(op.A(x) - y_pm1)), s * s / 2
+
+        def grad_autograd(x: Tensor) -> Tensor:
+            with torch.enable_grad():
+                xr = x.detach().requires_grad_(True)
+                img = prior.decode(xr) if latent else xr
+                r = op.A(to01(img)) - y
+                r = torch.view_as_real(r) if r.is_complex() else r
+                (g,) = torch.autograd.grad((s * s) * r.square().sum(), xr)
+            return g.clamp_(-1.0, 1.0) if latent else g
+        return grad_autograd, 1.0
