@@ -139,6 +139,7 @@ def _recorded_hash(path: Path) -> str:
 
 def fetch(name: str, progress: Callable[[int, int], None] | None = None, timeout: float = 30.0) -> Path:
     """Download a public checkpoint into the cache (resumable, verified), or say clearly why it cannot be."""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -170,11 +171,15 @@ def fetch(name: str, progress: Callable[[int, int], None] | None = None, timeout
         total = have + int(response.headers.get("Content-Length") or 0) or pub.approx_bytes
         with open(part, "ab" if have else "wb") as f:
             done = have
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+            try:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            except (OSError, http.client.HTTPException) as exc:
+                raise PriorError(f"the download of {pub.filename} was interrupted at {done} bytes ({exc}); run "
+                                 f"'restore prior fetch {name}' again to resume from there.") from None
     if part.stat().st_size < 0.9 * pub.approx_bytes:
         raise PriorError(f"the download of {pub.filename} stopped at {part.stat().st_size} bytes (expected about "
                          f"{pub.approx_bytes}); run 'restore prior fetch {name}' again to resume.")

@@ -290,8 +290,13 @@ def prior_train(
     licence: str = typer.Option("", "--licence", help="licence of the data (model card)"),
     value_map: str = typer.Option("", "--value-map", help="'hu:LO,HI' for 16-bit CT stored as HU+1024"),
     seed: int = typer.Option(0, "--seed"),
+    latent: bool = typer.Option(False, "--latent", help="train a latent prior: an autoencoder (unless "
+                                "--autoencoder is given), then the UNet on its latents"),
+    autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="--latent: a trained autoencoder"),
+    autoencoder_steps: int = typer.Option(20000, "--autoencoder-steps", help="--latent: autoencoder steps"),
 ):
-    """Train an ADM pixel prior on a folder of images (EMA, resumable checkpoints, fp16 safetensors output)."""
+    """Train an ADM prior on a folder of images (EMA, resumable checkpoints, fp16 safetensors output); with
+    --latent, a small KL autoencoder and an ADM UNet on its latents."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from priors.train import ARCHITECTURES, TrainConfig, train
@@ -313,7 +318,21 @@ def prior_train(
         def on_step(step, loss, rate):
             bar.update(task, completed=step, info=f"loss {loss:.4f}  {rate:.1f} img/s")
 
-        weights, card = train(cfg, log=lambda m: bar.console.print(m), on_step=on_step)
+        if latent:
+            from priors.latent import train_autoencoder, train_latent_prior
+
+            if autoencoder is None:
+                ae_task = bar.add_task(f"autoencoder for {name}", total=autoencoder_steps, info="")
+                autoencoder, _ = train_autoencoder(
+                    data, out, steps=autoencoder_steps, batch_size=batch_size, device=device, name=f"{name}-ae",
+                    size=size, channels=channels, crop=crop, seed=seed, max_images=max_images, value_map=value_map,
+                    work_dir=str(Path(work_dir) / "autoencoder") if work_dir else "",
+                    log=lambda m: bar.console.print(m),
+                    on_step=lambda step, loss, rate: bar.update(ae_task, completed=step,
+                                                                info=f"loss {loss:.4f}  {rate:.1f} img/s"))
+            weights, card = train_latent_prior(cfg, autoencoder, log=lambda m: bar.console.print(m), on_step=on_step)
+        else:
+            weights, card = train(cfg, log=lambda m: bar.console.print(m), on_step=on_step)
     console.print(f"wrote {weights} and {card}")
 
 

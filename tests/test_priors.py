@@ -188,3 +188,70 @@ def test_prior_cli_train_show_verify(tmp_path, capsys):
     assert code == 0 and "sha256" in out and "loads exactly" in out
     assert main(["prior", "train", str(tmp_path / "nowhere"), "--name", "x"]) == 2
     assert main(["prior", "verify", str(tmp_path / "nowhere.pt")]) == 2
+
+
+def test_prior_cli_trains_a_latent_prior(tmp_path, capsys):
+    _tiny_dataset(tmp_path / "data")
+    code = main(["prior", "train", str(tmp_path / "data"), "--name", "lat", "--out", str(tmp_path / "out"),
+                 "--size", "16", "--arch", "tiny", "--steps", "2", "--batch-size", "2", "--latent",
+                 "--autoencoder-steps", "2", "--work-dir", str(tmp_path / "w"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    prior = priors.resolve(str(tmp_path / "out" / "lat.safetensors"))
+    assert prior.card.latent
+    z = prior.encode(torch.rand(1, 3, 16, 16) * 2 - 1)
+    assert prior.decode(z).shape == (1, 3, 16, 16)
+
+
+class _FakeResponse:
+    """An HTTP response serving ``data`` from a byte offset, optionally failing after ``fail_after`` bytes."""
+
+    def __init__(self, data: bytes, start: int, fail_after: int | None):
+        self.data, self.pos, self.fail_after, self.sent = data, start, fail_after, 0
+        self.status = 206 if start else 200
+        self.headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data) - start)}
+
+    def read(self, n):
+        if self.fail_after is not None and self.sent >= self.fail_after:
+            raise ConnectionResetError("connection reset by peer")
+        n = min(n, 4096, len(self.data) - self.pos)
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        self.sent += n
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_fetch_resumes_an_interrupted_download_and_verifies_it(tmp_path, monkeypatch):
+    from priors import configs, registry
+
+    prior = tiny_prior()
+    torch.save(prior.net.state_dict(), tmp_path / "tiny.pt")
+    data = (tmp_path / "tiny.pt").read_bytes()
+    monkeypatch.setitem(configs.ADM_CONFIGS, "tiny16", TINY)
+    monkeypatch.setitem(registry.PUBLIC, "tiny-public", registry.PublicCheckpoint(
+        name="tiny-public", filename="tiny.pt", url="https://example.invalid/tiny.pt", config="tiny16",
+        approx_bytes=len(data), domain="test", training_data="none", licence="test", used_by="tests"))
+    monkeypatch.setenv("RESTORE_CACHE", str(tmp_path / "cache"))
+    ranges = []
+
+    def fake_urlopen(request, timeout=None):
+        header = request.headers.get("Range", "bytes=0-")
+        start = int(header.split("=")[1].rstrip("-"))
+        ranges.append(start)
+        return _FakeResponse(data, start, fail_after=len(data) // 2 if len(ranges) == 1 else None)
+
+    monkeypatch.setattr("urllib.request.urlopen", fake_urlopen)
+    with pytest.raises(PriorError, match="interrupted at .* run 'restore prior fetch tiny-public' again"):
+        registry.fetch("tiny-public")
+    path = registry.fetch("tiny-public")
+    assert ranges[0] == 0 and ranges[1] > 0, "the second request resumes where the first stopped"
+    assert path.read_bytes() == data
+    assert (path.parent / "tiny.pt.sha256").read_text().strip() == priors.base.sha256_file(path)
+    loaded = priors.resolve("tiny-public")
+    x = torch.randn(1, 3, 16, 16)
+    assert torch.equal(loaded.denoise(x, 0.4), prior.denoise(x, 0.4))
