@@ -5,7 +5,7 @@ needs), forward time at batch 8, and forward+backward time at batch 16 (→ trai
 optimiser step). Times are "best / median" over the repeats after one warm-up call; rates use the best. Usage::
 
     .venv/bin/python benchmarks/priors_speed.py                 # FFHQ-256 + the two small 64×64 candidates
-    .venv/bin/python benchmarks/priors_speed.py --configs small64_c32 --repeats 10 --threads 2 --channels-last
+    .venv/bin/python benchmarks/priors_speed.py --configs cpu64 --repeats 10 --threads 2 --channels-last
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def bench(name: str, repeats: int, size: int | None, channels_last: bool) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=["ffhq_10m", "small64_c64", "small64_c32"],
+    ap.add_argument("--configs", nargs="+", default=["ffhq_10m", "cpu64", "small64", "small128"],
                     choices=sorted(ADM_CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=6, help="timed calls per measurement (a third for 256² models)")

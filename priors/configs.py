@@ -22,17 +22,14 @@ ADM_CONFIGS: dict[str, ADMConfig] = {
         attention_resolutions="32,16,8", num_heads=4, num_head_channels=64, use_scale_shift_norm=True,
         resblock_updown=True,
     ),
-    # candidates for the small priors embedded in the package (64×64 training crops, ε-prediction only):
-    # 4 levels 64→32→16→8 with attention at 16² and 8²; see benchmarks/priors_speed.py for their cost.
-    "small64_c64": ADMConfig(
-        image_size=64, num_channels=64, num_res_blocks=2, channel_mult="1,2,2,2", learn_sigma=False,
-        attention_resolutions="16,8", num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True,
-    ),
-    "small64_c32": ADMConfig(
-        image_size=64, num_channels=32, num_res_blocks=2, channel_mult="1,2,2,2", learn_sigma=False,
-        attention_resolutions="16,8", num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True,
-    ),
 }
+
+
+# our own priors' architectures (priors.train.ARCHITECTURES) at their native size and channels
+from .train import ARCHITECTURES  # noqa: E402
+
+for _name, _size, _channels in (("cpu64", 64, 3), ("small64", 64, 3), ("small128", 128, 1)):
+    ADM_CONFIGS[_name] = ADMConfig.from_dict(dict(ARCHITECTURES[_name], image_size=_size, in_channels=_channels))
 
 
 def get_config(name: str) -> ADMConfig:
