@@ -1,6 +1,7 @@
 """``restore demo`` / ``make demo``: degrade the shipped samples and restore them with the embedded priors.
 
-Face tasks (64×64) run DDNM and DPS on the embedded ``faces64`` prior beside the pseudo-inverse baseline; MRI and
+Face tasks (64×64) run DDNM, DPS, DAPS and RED-Diff (their fast presets) on the embedded ``faces64`` prior beside
+the pseudo-inverse baseline; MRI and
 CT run the baseline until their embedded priors ship. Prints a table of PSNR/SSIM (LPIPS when weights are
 available) and writes every measurement, restoration and sidecar under ``--out``.
 """
@@ -23,8 +24,9 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 
 # (sample image, operator spec, noise σ on [0, 1], prior, solvers and their presets)
 TASKS = [
-    ("astronaut_face64.png", "sr:factor=4,kernel=bicubic", 0.0, "faces64", [("ddnm", None), ("dps", "fast")]),
-    ("astronaut_face64.png", "mask:kind=box,size=24,margin=8", 0.0, "faces64", [("ddnm", None)]),
+    ("astronaut_face64.png", "sr:factor=4,kernel=bicubic", 0.0, "faces64",
+     [("ddnm", None), ("dps", "fast"), ("daps", "daps-100"), ("reddiff", "fast")]),
+    ("astronaut_face64.png", "mask:kind=box,size=24,margin=8", 0.0, "faces64", [("ddnm", None), ("daps", "daps-100")]),
     ("astronaut_face64.png", "mask:kind=random,fraction=0.7", 0.0, "faces64", [("ddnm", None)]),
     ("astronaut_face64.png", "blur:kind=gaussian,size=61,std=3.0", 0.01, "faces64", [("ddnm", "ddnm+")]),
     ("shepp_logan128.png", "mri:accel=4,center=0.08,pattern=random", 0.0, None, []),
