@@ -107,7 +107,9 @@ class DPS(Solver):
         "inpaint-box": {"scale": 0.5, "description": "official inpainting_config (box): ζ = 0.5"},
         "inpaint-random": {"scale": 0.5, "description": "official inpainting_config (random): ζ = 0.5"},
         "phase-retrieval": {"scale": 1.0, "description": "official phase_retrieval_config: ζ = 1.0"},
-        "fast": {"steps": 100, "description": "100 respaced DDPM steps, ζ = 0.5 (not in the paper: a quick look)"},
+        "fast": {"steps": 100, "scale": 4.0,
+                 "description": "100 respaced DDPM steps with ζ = 4 (not in the paper: ten times fewer guided steps "
+                                "need a larger step; on faces64 SR×4, ζ = 0.5/1/2/4 gave 12.6/16.4/19.3/21.1 dB)"},
     }
 
     def __init__(self, preset: str | None = None, **overrides):
