@@ -504,7 +504,7 @@ def export_latent(cfg, fitted, ae: SmallAutoencoder, ae_card: Mapping[str, Any],
                   n_latents: int) -> tuple[Path, Path]:
     """``OUT/NAME.safetensors`` (``net.*``: the EMA UNet, fp16 if ``cfg.fp16_weights``; ``autoencoder.*``: float32)
     and the model card ``OUT/NAME.json`` (latent=True, with the autoencoder's held-out reconstruction PSNR)."""
-    from .train import _hardware, save_safetensors
+    from .train import _hardware, save_safetensors, write_card
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -536,11 +536,7 @@ def export_latent(cfg, fitted, ae: SmallAutoencoder, ae_card: Mapping[str, Any],
                    hardware=_hardware(fitted.device), train_seconds=round(fitted.seconds, 1),
                    parameters=sum(v.numel() for v in tensors.values())),
     )
-    card_path = out / f"{cfg.name}.json"
-    tmp = card_path.with_name(card_path.name + ".part")
-    tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-    os.replace(tmp, card_path)
-    return weights, card_path
+    return weights, write_card(card, out / f"{cfg.name}.json")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -320,11 +320,15 @@ def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, se
                    hardware=_hardware(device), train_seconds=round(seconds, 1),
                    parameters=sum(v.numel() for v in tensors.values())),
     )
-    card_path = out / f"{cfg.name}.json"
-    tmp = card_path.with_name(card_path.name + ".part")
+    return weights, write_card(card, out / f"{cfg.name}.json")
+
+
+def write_card(card: PriorCard, path: Path) -> Path:
+    """Write a model card atomically."""
+    tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-    os.replace(tmp, card_path)
-    return weights, card_path
+    os.replace(tmp, path)
+    return path
 
 
 def _hardware(device: torch.device) -> str:

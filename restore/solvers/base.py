@@ -174,6 +174,13 @@ def randn_like_per_image(x: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
     return torch.stack(rows).to(device=x.device, dtype=x.dtype)
 
 
+def measurement_pm1(y: Tensor, op) -> Tensor:
+    """The measurement in the official [-1, 1] variables for a linear operator: ỹ = 2y − A(1), so that
+    A(x₋₁) − ỹ = 2(A((x₋₁+1)/2) − y)."""
+    with torch.no_grad():
+        return 2 * y - op.A(torch.ones((y.shape[0], *op.image_shape), device=y.device))
+
+
 def batch_norm(v: Tensor) -> Tensor:
     """Per-image L2 norm (real inner product), shaped (B,)."""
     v = torch.view_as_real(v) if v.is_complex() else v

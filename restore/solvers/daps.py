@@ -50,7 +50,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, randn_like_per_image, task_of, to01
+from .base import Solver, SolverError, measurement_pm1, randn_like_per_image, task_of, to01
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the official per-task MCMC settings (``configs/task/*.yaml``): J, lr, lr_min_ratio, momentum, per task group.
@@ -228,8 +228,7 @@ class DAPSSolver(Solver):
         Otherwise autograd through A (and the decoder for latent priors, whose gradient is then clipped to [−1, 1] as
         in the official ``LatentWrapper.gradient``)."""
         if op.linear and not latent:
-            with torch.no_grad():
-                y_pm1 = 2 * y - op.A(torch.ones((y.shape[0], *op.image_shape), device=y.device))
+            y_pm1 = measurement_pm1(y, op)
             return (lambda x: op.A_adjoint(op.A(x) - y_pm1)), s * s / 2
 
         def grad_autograd(x: Tensor) -> Tensor:

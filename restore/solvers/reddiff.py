@@ -54,7 +54,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, randn_like_per_image, to01, to_pm1
+from .base import Solver, SolverError, measurement_pm1, randn_like_per_image, to01, to_pm1
 
 # denoise_term_weight options of algos/reddiff.py, as functions of snr_inv = σ_t = √(1−ᾱ_t)/√ᾱ_t
 WEIGHTINGS = {
@@ -149,8 +149,7 @@ class REDDiffSolver(Solver):
         s·(A((μ+1)/2) − y) = (s/2)·(Hμ − ỹ), so the gradient is (s²/4)·Aᵀ(Aμ − ỹ) — with s = 2 exactly the official
         Hᵀ(Hμ − ỹ): one A and one Aᵀ per step. Nonlinear operators: autograd through A."""
         if op.linear:
-            with torch.no_grad():
-                y_pm1 = 2 * y - op.A(torch.ones((y.shape[0], *op.image_shape), device=y.device))
+            y_pm1 = measurement_pm1(y, op)
             return (lambda mu: op.A_adjoint(op.A(mu) - y_pm1)), s * s / 4
 
         def grad_autograd(mu: Tensor) -> Tensor:
