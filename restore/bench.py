@@ -18,7 +18,7 @@ import operators
 from operators import Noise
 
 from .degrade import degrade_one, image_seed
-from .io import RestoreError, find_images, load_image, preview, save_image, write_json
+from .io import RestoreError, find_images, load_image, preview, save_image, to_uint8, write_json
 from .solve import Job, run
 
 COLUMNS = ["image", "operator", "solver", "preset", "psnr", "ssim", "lpips", "seconds", "nfe", "status", "output"]
@@ -195,8 +195,9 @@ def _grid(out: Path, op: str, rows: list[dict], max_images: int = 4) -> Path | N
     for y, row_tiles in enumerate(tiles):
         for x, path in enumerate(row_tiles):
             if path is not None and path.is_file():
-                with Image.open(path) as im:
-                    canvas.paste(im.convert("RGB").resize((size, size)), (x * size, y * size))
+                tile = to_uint8(load_image(path))  # any input format (DICOM, 16-bit, NPY), as the metrics saw it
+                im = Image.fromarray(tile).convert("RGB").resize((size, size))
+                canvas.paste(im, (x * size, y * size))
     path = out / f"grid_{_slug(op)}.png"
     with _atomic(path) as tmp:
         canvas.save(tmp, format="PNG")

@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import operators
@@ -96,7 +97,8 @@ def solve_command(
     if any(r["status"] == "failed" for r in rows):
         for r in rows:
             if r["status"] == "failed":
-                err_console.print(f"[bold red]failed:[/] {r['input']}: {r['error']}", highlight=False)
+                err_console.print(f"[bold red]failed:[/] {escape(str(r['input']))}: {escape(str(r['error']))}",
+                                  highlight=False)
         raise typer.Exit(1)
 
 
@@ -347,17 +349,23 @@ def demo(
     run_demo(out, console, lpips_weights=lpips_weights)
 
 
+INTERRUPTED = "interrupted: finished outputs are kept, unfinished ones were not written."
+
+
 def main(argv: Optional[list] = None) -> int:
     """Entry point: run the app, turning user errors into one clear sentence and exit code 2."""
     try:
         app(args=argv, prog_name="restore")  # standalone mode: usage errors exit 2 with typer's message
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 130:  # typer turns Ctrl-C into Exit(130) before the handler below can see it
+            err_console.print(INTERRUPTED)
+        return code
     except (RestoreError, OperatorError, PriorError, SolverError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # '[dicom]' is not markup
         return 2
     except KeyboardInterrupt:
-        err_console.print("interrupted: finished outputs are kept, unfinished ones were not written.")
+        err_console.print(INTERRUPTED)
         return 130
     return 0
 

@@ -1,8 +1,11 @@
 """Image and measurement files.
 
 Images are read into float32 ``(C, H, W)`` tensors on [0, 1]: PNG/JPEG (EXIF orientation honoured, alpha dropped),
-8/16-bit and float TIFF, and NPY arrays (H×W, H×W×C or C×H×W; floats taken as they are). Outputs are written to a
-temporary name in the same folder and renamed, so an interrupted run never leaves a file that looks complete.
+8/16-bit and float TIFF, NPY arrays (H×W, H×W×C or C×H×W; floats taken as they are), and DICOM slices (``.dcm``, or
+any file with the DICOM preamble: HU window → [0, 1], see :mod:`restore.dicom`; ``load_image_meta`` also returns how
+the values were mapped, for a sidecar). Outputs are written to a temporary name in the same folder and renamed, so an
+interrupted run never leaves a file that looks complete; ``atomic_group`` does the same for an image and its sidecar
+together.
 
 A measurement file (``.npz``, written by ``restore degrade``) holds the measurement, the operator spec, the image
 shape, the noise, the seed and the operator's drawn parameters (masks, kernels, coil maps), enough to rebuild the
@@ -11,6 +14,7 @@ exact operator: ``load_measurement`` returns them.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -24,7 +28,8 @@ import torch
 import operators
 from operators import Noise, OperatorError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy", ".dcm", ".dicom"}
+_DICOM_SUFFIXES = {".dcm", ".dicom"}  # also any file with the DICOM preamble, whatever its suffix
 MEASUREMENT_FORMAT = "restore-measurement/1"
 
 
@@ -35,7 +40,43 @@ class RestoreError(Exception):
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
-    path = Path(path)
+    with atomic_group([path]) as (tmp,):
+        yield tmp
+
+
+@contextmanager
+def atomic_group(paths: "list[str | Path]"):
+    """Yield temporary paths beside ``paths``; once the block has written them all, rename each to its path.
+
+    Any failure while writing (a full disk, Ctrl-C) removes the temporaries and leaves every existing file as it
+    was. The last path is the group's completion marker (a sidecar): an old one is removed just before the renames
+    and the new one is renamed last, so a group whose marker exists is complete and consistent."""
+    paths = [Path(p) for p in paths]
+    tmps: list[str] = []
+    where = paths[0]  # what a failure is reported against
+    try:
+        for path in paths:
+            where = path
+            tmps.append(_temporary_beside(path))
+        where = paths[0]
+        yield [Path(t) for t in tmps]
+        if len(paths) > 1:
+            _remove_marker(paths[-1])
+        for i, (tmp, path) in enumerate(zip(tmps, paths)):
+            where = path
+            os.replace(tmp, path)
+            tmps[i] = ""
+    except OSError as exc:
+        for tmp in tmps:
+            _unlink(tmp)
+        raise _write_error(where, exc) from None
+    except BaseException:
+        for tmp in tmps:
+            _unlink(tmp)
+        raise
+
+
+def _temporary_beside(path: Path) -> str:
     if path.exists() and path.is_dir():
         raise RestoreError(f"cannot write '{path}': it is a folder; choose another output name.")
     try:
@@ -47,33 +88,60 @@ def atomic_path(path: Path):
         raise RestoreError(f"no permission to create '{path.parent}'; choose a writable --out.") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
     os.close(fd)
+    return tmp
+
+
+def _remove_marker(path: Path) -> None:
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        _unlink(tmp)
-        raise RestoreError(f"cannot write '{path}' ({exc.strerror or exc}); free some space or choose a writable "
-                           f"--out.") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_error(path: Path, exc: OSError) -> RestoreError:
+    """One sentence for a failed write, with the fix that fits its cause."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        fix = "free some space or choose an --out on another disk"
+    elif isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable or choose a writable --out"
+    else:
+        fix = "free some space or choose a writable --out"
+    return RestoreError(f"cannot write '{path}' ({reason}); {fix}.")
 
 
 def _unlink(p) -> None:
+    if not p:
+        return
     try:
         os.unlink(p)
     except OSError:
         pass
 
 
-def load_image(path: "str | Path") -> torch.Tensor:
-    """Read an image file as a float32 (C, H, W) tensor on [0, 1] (C = 1 or 3)."""
+def load_image(path: "str | Path", hu_window=None) -> torch.Tensor:
+    """Read an image file as a float32 (C, H, W) tensor on [0, 1] (C = 1 or 3).
+
+    ``hu_window`` ((lo, hi) in HU, or "LO,HI") applies to DICOM files only; see :mod:`restore.dicom`."""
+    return load_image_meta(path, hu_window=hu_window)[0]
+
+
+def load_image_meta(path: "str | Path", hu_window=None) -> tuple[torch.Tensor, dict]:
+    """``load_image`` plus a small dict saying how the file's values were mapped to [0, 1]: ``{"format": ...}``, and
+    for DICOM the HU window, rescale slope/intercept, photometric interpretation (see ``restore.dicom.read_dicom``),
+    for a sidecar to record."""
     path = Path(path)
     if not path.exists():
         raise RestoreError(f"the file '{path}' does not exist; check the path.")
     if path.is_dir():
         raise RestoreError(f"'{path}' is a folder; give an image file or use a folder input where supported.")
     suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES - _DICOM_SUFFIXES:
+        from .dicom import is_dicom, read_dicom
+
+        if is_dicom(path):
+            arr, meta = read_dicom(path, hu_window=hu_window)
+            return to_tensor(arr, str(path)), meta
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
@@ -91,8 +159,8 @@ def load_image(path: "str | Path") -> torch.Tensor:
                 arr = np.asarray(im)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file for the user
         raise RestoreError(f"cannot read '{path}' as an image ({type(exc).__name__}: {exc}); give a PNG, JPEG, "
-                           f"TIFF or NPY file.") from None
-    return to_tensor(arr, str(path))
+                           f"TIFF, NPY or DICOM file.") from None
+    return to_tensor(arr, str(path)), {"format": suffix.lstrip(".") or "image"}
 
 
 def to_tensor(arr: np.ndarray, name: str = "array") -> torch.Tensor:
@@ -130,30 +198,42 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
 
 
-def save_image(path: "str | Path", img: torch.Tensor) -> Path:
-    """Write a (C, H, W) image on [0, 1]: .png/.jpg as 8-bit, .tif as float32, .npy as the float array."""
+def save_image(path: "str | Path", img: torch.Tensor, atomic: bool = True) -> Path:
+    """Write a (C, H, W) image on [0, 1]: .png/.jpg as 8-bit, .tif as float32, .npy as the float array.
+
+    ``atomic=False`` writes straight to ``path`` (for a temporary path from ``atomic_group``)."""
     path = Path(path)
-    suffix = path.suffix.lower()
+    if not atomic:
+        _write_image(path, img, path.suffix.lower())
+        return path
     with atomic_path(path) as tmp:
-        if suffix == ".npy":
-            with open(tmp, "wb") as f:
-                np.save(f, img.detach().float().cpu().numpy())
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            arr = img.detach().float().cpu().numpy()
-            tifffile.imwrite(tmp, arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1))
-        else:
-            from PIL import Image
-
-            Image.fromarray(to_uint8(img)).save(tmp, format="PNG" if suffix == ".png" else None)
+        _write_image(tmp, img, path.suffix.lower())
     return path
 
 
-def write_json(path: "str | Path", obj) -> Path:
+def _write_image(target: Path, img: torch.Tensor, suffix: str) -> None:
+    if suffix == ".npy":
+        with open(target, "wb") as f:
+            np.save(f, img.detach().float().cpu().numpy())
+    elif suffix in (".tif", ".tiff"):
+        import tifffile
+
+        arr = img.detach().float().cpu().numpy()
+        tifffile.imwrite(target, arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1))
+    else:
+        from PIL import Image
+
+        Image.fromarray(to_uint8(img)).save(target, format="PNG" if suffix == ".png" else None)
+
+
+def write_json(path: "str | Path", obj, atomic: bool = True) -> Path:
     path = Path(path)
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    if not atomic:
+        path.write_text(text)
+        return path
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        tmp.write_text(text)
     return path
 
 
@@ -204,6 +284,9 @@ def load_measurement(path: "str | Path") -> Measurement:
     except Exception:  # noqa: BLE001
         raise RestoreError(f"'{path}' is not a measurement file written by 'restore degrade'; make one with "
                            f"'restore degrade IMAGE --operator SPEC'.") from None
+    if not bool(torch.isfinite(y).all()):
+        raise RestoreError(f"'{path}' holds NaN or infinite values in its measurement; re-create it with "
+                           f"'restore degrade'.")
     if meta.get("format") != MEASUREMENT_FORMAT:
         raise RestoreError(f"'{path}' has format '{meta.get('format')}', not {MEASUREMENT_FORMAT}; re-create it "
                            f"with this version's 'restore degrade'.")
@@ -233,20 +316,37 @@ def preview(y: torch.Tensor) -> torch.Tensor:
 
 
 def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """Expand files and folders (recursively) into (path, path relative to its input root) pairs."""
+    """Expand files and folders (recursively) into (path, path relative to its input root) pairs.
+
+    In a folder: files with an image, NPY, NPZ or DICOM suffix, and files without a suffix that start with the DICOM
+    preamble; hidden files (``.name``: temporary ``.part`` files, macOS ``._name`` resource forks) are left out."""
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | {".npz"})
+            files = sorted(f for f in p.rglob("*") if _is_input_file(f, p))
             if not files:
-                raise RestoreError(f"the folder '{p}' holds no images (PNG, JPEG, TIFF, NPY or NPZ); check the path.")
+                raise RestoreError(f"the folder '{p}' holds no images (PNG, JPEG, TIFF, NPY, NPZ or DICOM); check "
+                                   f"the path.")
             found += [(f, f.relative_to(p)) for f in files]
         elif p.is_file():
             found.append((p, Path(p.name)))
         else:
             raise RestoreError(f"the input '{p}' does not exist; check the path.")
     return found
+
+
+def _is_input_file(f: Path, root: Path) -> bool:
+    if any(part.startswith(".") for part in f.relative_to(root).parts) or not f.is_file():
+        return False
+    suffix = f.suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix == ".npz":
+        return True
+    if suffix == "":
+        from .dicom import has_dicom_preamble
+
+        return has_dicom_preamble(f)
+    return False
 
 
 def _version() -> str:

@@ -21,8 +21,8 @@ import operators
 from operators import Noise, OperatorError
 
 from .degrade import image_seed
-from .io import (Measurement, RestoreError, find_images, load_image, load_measurement, save_image, to_tensor,
-                 write_json)
+from .io import (Measurement, RestoreError, atomic_group, find_images, load_image, load_measurement, save_image,
+                 to_tensor, write_json)
 from .metrics import psnr, ssim
 from .solvers import get_solver, solve
 from .solvers.base import task_of
@@ -188,10 +188,6 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                     continue
                 estimate = result.x[i].cpu()
                 metrics = _metrics(estimate, job.reference, lpips_weights) if job.reference is not None else {}
-                save_image(target, estimate)
-                if result.std is not None:
-                    save_image(target.with_name(target.stem + "_std" + target.suffix),
-                               (result.std[i] / result.std[i].max().clamp_min(1e-12)).cpu())
                 sidecar = dict(
                     input=str(job.source), output=str(target), reference=job.reference_path or None,
                     operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
@@ -199,7 +195,16 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                     prior=_prior_info(prior), device=str(dev), versions=versions(),
                     cost=dict(result.cost.to_dict(), batch=len(chunk), seconds_per_image=per_image_seconds),
                     metrics=metrics, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-                write_json(target.with_suffix(".json"), sidecar)
+                # image (+ std map) and sidecar are written together: a failed write (full disk, Ctrl-C) keeps any
+                # earlier output as it was, and an image never sits beside a sidecar that describes another run
+                files = [target] + ([target.with_name(target.stem + "_std" + target.suffix)]
+                                    if result.std is not None else [])
+                with atomic_group(files + [target.with_suffix(".json")]) as tmps:
+                    save_image(tmps[0], estimate, atomic=False)
+                    if result.std is not None:
+                        std = result.std[i] / result.std[i].max().clamp_min(1e-12)
+                        save_image(tmps[1], std.cpu(), atomic=False)
+                    write_json(tmps[-1], sidecar, atomic=False)
                 row.update(status="written", **metrics)
                 rows.append(row)
     return rows
