@@ -87,7 +87,8 @@ SHORT = dict(steps=20, skip=3, lookahead=2, pixel_iters=30, latent_iters=12, win
 def test_schedules_are_the_official_ones():
     ts = ddim_timesteps(1000, 500)
     assert len(ts) == 500 and ts[:3] == [1, 3, 5] and ts[-1] == 999
-    assert ddim_timesteps(1000, 100)[:2] == [1, 11] and len(ddim_timesteps(1000, 300)) == 334  # LDM's ⌈T/⌊T/S⌋⌉
+    # LDM's rule gives ⌈T/⌊T/S⌋⌉ = 334 timesteps for 300 steps, the last one t = 1000 (outside the schedule): dropped
+    assert ddim_timesteps(1000, 100)[:2] == [1, 11] and len(ddim_timesteps(1000, 300)) == 333
     events = hard_dc_events(500)
     pixel = sorted(i for i, kind in events.items() if kind == "pixel")
     latent = sorted(i for i, kind in events.items() if kind == "latent")
@@ -319,3 +320,12 @@ def test_solve_counts_and_refuses_pixel_priors():
         solve(get_solver("resample"), y, op, pixel_prior, seeds=[0])
     msg = str(info.value)
     assert "resample" in msg and "latent prior" in msg and msg.count(". ") == 0 and msg.endswith(".")
+
+
+def test_ddim_timesteps_stay_inside_the_schedule_for_any_step_count():
+    from restore.solvers.resample import ddim_timesteps
+
+    assert ddim_timesteps(1000, 500)[:3] == [1, 3, 5] and ddim_timesteps(1000, 500)[-1] == 999
+    for steps in (3, 7, 30, 333, 499):
+        ts = ddim_timesteps(1000, steps)
+        assert max(ts) <= 999 and ts == sorted(set(ts))

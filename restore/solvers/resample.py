@@ -104,11 +104,12 @@ _BOOLS = ("official_tweedie_quirk", "official_lookahead_offset", "noise_stop")
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
     """LDM's uniform DDIM timesteps (``make_ddim_timesteps``, "uniform"): range(0, T, ⌊T/steps⌋) + 1, increasing.
-    500 of 1000 gives 1, 3, …, 999; a ``steps`` that does not divide T gives ⌈T/⌊T/steps⌋⌉ timesteps."""
+    500 of 1000 gives 1, 3, …, 999. When ``steps`` does not divide T the rule can reach t = T, which does not exist
+    (LDM fails there with an index error): that timestep is dropped."""
     if not 1 <= steps <= T // 2:
         raise SolverError(f"resample steps must be between 1 and {T // 2} (LDM's uniform DDIM spacing), got {steps}.")
     c = T // steps
-    return [t + 1 for t in range(0, T, c)]
+    return [t + 1 for t in range(0, T, c) if t + 1 < T]
 
 
 def hard_dc_events(n: int, skip: int = 10, splits: int = 3) -> dict[int, str]:

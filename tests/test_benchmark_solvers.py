@@ -1,0 +1,153 @@
+"""Smoke tests of ``benchmarks/solvers.py`` (the solver benchmark script): its option parsing, the fixed image subset,
+the results section of the markdown file, and one end-to-end run at toy scale (a tiny random prior on 16×16 images,
+2 steps) through quality + overhead, throughput and the GPU section's code on the CPU. No timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from operators import Noise
+from solver_testing import one_thread, tiny_unet_prior  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bs():
+    spec = importlib.util.spec_from_file_location("bench_solvers", ROOT / "benchmarks" / "solvers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_solvers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _images(folder: Path, n: int, size: int = 16) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] / size
+    for i in range(n):
+        a, b = rng.uniform(0.5, 3, 2)
+        img = np.stack([0.5 + 0.4 * np.sin(a * xx + i), 0.5 + 0.4 * np.cos(b * yy), 0.3 + 0.4 * xx * yy], -1)
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def _tiny_prior_file(folder: Path) -> Path:
+    """A random tiny 16×16 prior written as ``restore prior train`` exports one (safetensors + JSON card)."""
+    from priors.train import TrainConfig, export
+
+    prior = tiny_unet_prior(channels=3, size=16)
+    cfg = TrainConfig(data="(random)", name="tiny-random", out=str(folder), size=16, arch="tiny", steps=0,
+                      fp16_weights=False, domain="random weights (test)")
+    weights, _ = export(cfg, prior.net, prior.net.cfg, 0, 0.0, torch.device("cpu"), 0)
+    return weights
+
+
+def test_presets_parse_fast_paper_and_mappings(bs):
+    fast = bs.parse_presets("fast")
+    assert fast["dps"] == "fast" and fast["ddnm"] == "default" and fast["daps"] == "daps-100"
+    assert fast["reddiff"] == "fast" and fast["resample"] == "fast" and fast["latent-daps"] is None
+    assert all(v is None for v in bs.parse_presets("paper").values())
+    mixed = bs.parse_presets("fast,dps=default,daps=paper,reddiff=fast")
+    assert mixed["dps"] == "default" and mixed["daps"] is None and mixed["reddiff"] == "fast"
+    assert bs.parse_presets("ddnm=ddnm+")["ddnm"] == "ddnm+" and bs.parse_presets("ddnm=ddnm+")["dps"] is None
+    for bad in ("quick", "dps=nope", "nosolver=fast"):
+        with pytest.raises(SystemExit):
+            bs.parse_presets(bad)
+
+
+def test_tasks_and_the_fixed_subset(bs, tmp_path):
+    assert bs.task_spec("inpaint-box", {}) == "mask:kind=box,size=32,margin=8"
+    assert bs.task_spec("sr2", {}).startswith("sr:")                      # any operator preset
+    assert bs.task_spec("mine", {"mine": "denoise"}) == "denoise"
+    with pytest.raises(SystemExit):
+        bs.task_spec("no-such-task", {})
+    folder = _images(tmp_path / "imgs", 10)
+    picked = [p.name for p in bs.select_images(folder, 4)]
+    assert picked == ["00000.png", "00002.png", "00005.png", "00007.png"]   # evenly spaced, same every time
+    assert picked == [p.name for p in bs.select_images(folder, 4)]
+    assert len(bs.select_images(folder, 0)) == 10 and len(bs.select_images(folder, 50)) == 10
+
+
+def test_markdown_section_is_replaced_between_its_markers(bs, tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Title\n\nMethod text.\n\n{bs.BEGIN}\n\n_No results yet._\n\n{bs.END}\n\nAfter.\n")
+    bs.update_markdown(doc, "first\n")
+    bs.update_markdown(doc, "second\n")
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nMethod text.") and text.rstrip().endswith("After.")
+    assert "second" in text and "first" not in text and "No results yet" not in text
+    assert text.count(bs.BEGIN) == 1 and text.count(bs.END) == 1
+    fresh = tmp_path / "new.md"
+    bs.update_markdown(fresh, "table\n")
+    assert bs.BEGIN in fresh.read_text() and "table" in fresh.read_text()
+
+
+def test_end_to_end_at_toy_scale(bs, tmp_path, monkeypatch):
+    # LPIPS: a missing weights file makes it "unavailable" at once (16×16 is also below AlexNet's smallest input)
+    monkeypatch.setenv("RESTORE_LPIPS_WEIGHTS", str(tmp_path / "no-lpips.safetensors"))
+    data = _images(tmp_path / "faces", 3)
+    prior = _tiny_prior_file(tmp_path / "prior")
+    out, doc, summary = tmp_path / "out", tmp_path / "doc.md", tmp_path / "summary.json"
+    logged: list[str] = []
+    result = bs.main(["--prior", str(prior), "--data", str(data), "--limit", "2",
+                      "--tasks", "sr2,inpaint-random,motion", "--task-spec", "motion=blur:kind=motion,size=5",
+                      "--solvers", "ddnm,dps,resample", "--presets", "fast", "--steps-override", "2",
+                      "--latent-prior", "no-such-latent", "--mri-prior", "none", "--ct-prior", "none",
+                      "--bare-repeats", "1", "--bare-seconds", "0", "--batch-sizes", "1,2",
+                      "--throughput-task", "sr2", "--throughput-steps", "2", "--threads", "1",
+                      "--out", str(out), "--markdown", str(doc), "--json", str(summary)], log=logged.append)
+
+    rows = result["rows"]
+    by = {(r["task"], r["solver"]) for r in rows}
+    assert {("sr2", s) for s in ("pinv", "ddnm", "dps")} <= by and ("motion", "dps") in by
+    assert ("motion", "ddnm") not in by                                   # refused: no SVD for a reflect motion blur
+    assert all(r["status"] == "written" for r in rows)
+    assert all(r["nfe"] == 2 for r in rows if r["solver"] != "pinv")
+    assert all(r["lpips"] is None and r["lpips_unavailable"] for r in rows)
+    reasons = {(s["group"], s["solver"]): s["reason"] for s in result["skipped"]}
+    assert "no-such-latent" in reasons[("latent", "*")]                   # ReSample / latent DAPS skipped, with why
+    assert reasons[("faces", "ddnm")]
+    # overhead: one record per solver batch, with the backprop count for DPS
+    assert len(result["overhead"]) == 2 * 2 + 3 * 2                       # ddnm on 2 tasks, dps on 3; 2 images each
+    for o in result["overhead"]:
+        assert math.isfinite(o["overhead"]) and o["overhead"] > 0
+        assert o["nfe_backprop"] == (o["nfe"] if o["solver"] == "dps" else 0)
+    # throughput at both batch sizes
+    assert {t["solver"] for t in result["throughput"]} == {"ddnm", "dps"}
+    assert all(set(t["images_per_second"]) == {"1", "2"} for t in result["throughput"])
+    if not torch.cuda.is_available():
+        assert "CUDA" in result["gpu"]["skipped_reason"]
+    # outputs
+    assert (out / "results.json").is_file() and (out / "report.md").is_file()
+    saved = json.loads(summary.read_text())
+    assert saved["config"]["presets"]["dps"] == "fast" and saved["priors"][0]["name"] == "tiny-random"
+    text = doc.read_text()
+    assert bs.BEGIN in text and "#### sr2" in text and "| pinv |" in text and "Solver overhead" in text
+    assert "LPIPS unavailable" in text and "Batch throughput" in text and "no-such-latent" in text
+
+
+def test_gpu_section_code_runs_on_the_cpu_with_a_tiny_architecture(bs):
+    from priors.adm import ADMConfig
+
+    cfg = ADMConfig(image_size=16, in_channels=3, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+                    attention_resolutions="8", num_head_channels=32, learn_sigma=True, use_scale_shift_norm=True)
+    gpu = bs.run_gpu(["ddnm", "dps", "resample"], Noise.parse(0.025), device="cpu", config=cfg, config_name="tiny",
+                     batches=(1, 2), short=(1, 2), task="sr2", log=lambda m: None)
+    rows = {(r["solver"], r["batch"]): r for r in gpu["rows"]}
+    assert set(rows) == {("ddnm", 1), ("ddnm", 2), ("dps", 1), ("dps", 2)}
+    assert rows[("dps", 1)]["full_steps"] == 1000 and rows[("dps", 1)]["nfe"] == 1000   # paper preset: 1000 steps
+    assert rows[("ddnm", 2)]["nfe"] == 100 and rows[("dps", 2)]["preset"] == "sr2"
+    assert all(r["seconds_per_image"] > 0 for r in gpu["rows"])
+    assert [s["solver"] for s in gpu["skipped"]] == ["resample"]
