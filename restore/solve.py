@@ -168,14 +168,16 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             seeds = [j.m.seed for j, _ in chunk]
-            op = operators.build(spec, shape, seeds=seeds, device=dev,
-                                 state=_stack_states(cls, [j.m.state for j, _ in chunk]))
             y = torch.cat([j.m.y for j, _ in chunk]).to(dev)
             the_prior = prior if prior is not None else _NoPrior(shape[0])
+            noise_model = Noise.parse(noise_text)
+            y, solve_shape, noise_model, channel_note = _adapt_channels(y, spec, shape, the_prior, noise_model)
+            op = operators.build(spec, solve_shape, seeds=seeds, device=dev,
+                                 state=_stack_states(cls, [j.m.state for j, _ in chunk]))
             solver = _make_solver(solver_name, preset, steps, op, the_prior)
             _check_prior_size(the_prior, shape, solver_name)
             label = ", ".join(str(j.rel) for j, _ in chunk)
-            result = solve(solver, y, op, the_prior, seeds, noise=Noise.parse(noise_text), samples=samples,
+            result = solve(solver, y, op, the_prior, seeds, noise=noise_model, samples=samples,
                            progress=(lambda i, n, label=label: progress(label, i, n)) if progress else None)
             per_image_seconds = result.cost.seconds / len(chunk)
             for i, (job, target) in enumerate(chunk):
@@ -187,13 +189,18 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                     rows.append(row)
                     continue
                 estimate = result.x[i].cpu()
-                metrics = _metrics(estimate, job.reference, lpips_weights) if job.reference is not None else {}
+                reference = job.reference
+                if estimate.shape[0] != shape[0]:  # solved with the prior's channels: back to the input's
+                    estimate = estimate.mean(0, keepdim=True)
+                    reference = reference.mean(0, keepdim=True) if reference is not None else None
+                metrics = _metrics(estimate, reference, lpips_weights) if reference is not None else {}
                 sidecar = dict(
                     input=str(job.source), output=str(target), reference=job.reference_path or None,
                     operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
                     solver=solver_name, preset=solver.preset, params=result.params, samples=samples,
                     prior=_prior_info(prior), device=str(dev), versions=versions(),
                     cost=dict(result.cost.to_dict(), batch=len(chunk), seconds_per_image=per_image_seconds),
+                    channels=channel_note,
                     metrics=metrics, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                 # image (+ std map) and sidecar are written together: a failed write (full disk, Ctrl-C) keeps any
                 # earlier output as it was, and an image never sits beside a sidecar that describes another run
@@ -208,6 +215,26 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                 row.update(status="written", **metrics)
                 rows.append(row)
     return rows
+
+
+#: operators that act on every channel alike, so a grey measurement can be restored with an RGB prior and back
+CHANNELWISE = {"blur", "sr", "mask", "denoise", "hdr"}
+
+
+def _adapt_channels(y, spec: str, shape, prior, noise):
+    """Grey ↔ RGB as the prior needs, for channel-wise operators: a grey measurement is replicated to RGB for an RGB
+    prior (the estimate is averaged back to grey), an RGB one averaged to grey for a grey prior (noise σ/√3; the
+    output is grey). Other mismatches are left to the solver's check, which refuses them with one sentence."""
+    c_img, c_prior = shape[0], prior.card.channels
+    family = operators.parse(spec).family
+    if c_img == c_prior or prior.card.name == "none" or family not in CHANNELWISE or {c_img, c_prior} != {1, 3}:
+        return y, tuple(shape), noise, None
+    if c_img == 1:
+        note = "grey input replicated to RGB for the RGB prior; the output is the mean of the RGB estimate"
+        return y.repeat(1, 3, 1, 1), (3, *shape[1:]), noise, note
+    note = "RGB input averaged to grey for the grey prior (noise σ/√3); the output is grey"
+    averaged = Noise("gaussian", sigma=noise.sigma / 3**0.5) if noise.kind == "gaussian" else noise
+    return y.mean(1, keepdim=True), (1, *shape[1:]), averaged, note
 
 
 class _NoPrior:

@@ -149,3 +149,21 @@ def test_impossible_combinations_are_refused_before_any_work(tmp_path, capsys):
     run(capsys, "degrade", tmp_path / "big.png", "-o", "denoise", "--out", tmp_path / "big")
     code, _, err = run(capsys, "solve", tmp_path / "big", "--solver", "ddnm", "--prior", prior, "--out", tmp_path / "r")
     assert code == 2 and "restores 16×16 images but this one is 32×32" in err
+
+
+def test_grey_image_restored_with_an_rgb_prior(tmp_path, capsys):
+    prior = _tiny_prior_file(tmp_path)  # RGB, 16×16
+    save_image(tmp_path / "grey.png", torch.rand(1, 16, 16))
+    run(capsys, "degrade", tmp_path / "grey.png", "-o", "mask:kind=random,fraction=0.5", "--out", tmp_path / "m")
+    code, _, err = run(capsys, "solve", tmp_path / "m", "--solver", "ddnm", "--prior", prior, "--steps", "3",
+                       "--out", tmp_path / "r")
+    assert code == 0, err
+    assert load_image(tmp_path / "r" / "grey.png").shape == (1, 16, 16)
+    side = json.loads((tmp_path / "r" / "grey.json").read_text())
+    assert "replicated to RGB" in side["channels"] and side["metrics"]["psnr"] > 0
+    # a channel mismatch on an operator that mixes pixels across channels is still refused
+    save_image(tmp_path / "g2.png", torch.rand(1, 16, 16))
+    run(capsys, "degrade", tmp_path / "g2.png", "-o", "phase-retrieval", "--out", tmp_path / "m2")
+    code, _, err = run(capsys, "solve", tmp_path / "m2", "--solver", "dps", "--steps", "2", "--prior", prior,
+                       "--out", tmp_path / "r2")
+    assert code == 2 and "1-channel images" in err
