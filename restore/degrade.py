@@ -8,7 +8,7 @@ import operators
 from operators import Noise
 from operators.seeding import stream_seed
 
-from .io import Measurement, RestoreError, find_images, load_image, preview, save_image, save_measurement
+from .io import Measurement, RestoreError, find_images, load_image_meta, preview, save_image, save_measurement
 
 
 def image_seed(base_seed: int, name: str) -> int:
@@ -41,7 +41,9 @@ def degrade_files(inputs: list[str], spec: str, noise: str, seed: int, out: Path
             rows.append(dict(image=path, measurement=target, shape=(), status="exists (skipped; --overwrite)"))
             continue
         s = image_seed(seed, rel.as_posix())
-        m = degrade_one(load_image(path), spec, noise, s, source=str(path.resolve()))
+        image, meta = load_image_meta(path)
+        m = degrade_one(image, spec, noise, s, source=str(path.resolve()))
+        m.source_meta = meta
         save_measurement(target, m)
         save_image(target.with_name(target.stem + "_measurement.png"), preview(m.y[0]))
         rows.append(dict(image=path, measurement=target, shape=tuple(m.y.shape[1:]), status="written"))

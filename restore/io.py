@@ -250,6 +250,7 @@ class Measurement:
     seed: int
     state: dict = field(default_factory=dict)  # operator buffers
     source: str = ""                     # the clean image it was made from, if known
+    source_meta: dict = field(default_factory=dict)  # how that image's values were mapped to [0, 1] (DICOM window)
 
     def operator(self, device="cpu") -> "operators.Operator":
         op = operators.build(self.spec, self.image_shape, seeds=[self.seed], device=device, state=self.state)
@@ -263,7 +264,8 @@ def save_measurement(path: "str | Path", m: Measurement) -> Path:
     for name, value in m.state.items():
         arrays[f"state.{name}"] = value.detach().cpu().numpy()
     meta = {"format": MEASUREMENT_FORMAT, "spec": m.spec, "image_shape": list(m.image_shape),
-            "noise": str(m.noise), "seed": m.seed, "source": m.source, "restore_version": _version()}
+            "noise": str(m.noise), "seed": m.seed, "source": m.source, "source_meta": m.source_meta,
+            "restore_version": _version()}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -291,7 +293,8 @@ def load_measurement(path: "str | Path") -> Measurement:
         raise RestoreError(f"'{path}' has format '{meta.get('format')}', not {MEASUREMENT_FORMAT}; re-create it "
                            f"with this version's 'restore degrade'.")
     m = Measurement(y=y, spec=meta["spec"], image_shape=tuple(meta["image_shape"]), noise=Noise.parse(meta["noise"]),
-                    seed=int(meta["seed"]), state=state, source=meta.get("source", ""))
+                    seed=int(meta["seed"]), state=state, source=meta.get("source", ""),
+                    source_meta=meta.get("source_meta", {}))
     try:
         m.operator()
     except OperatorError as exc:

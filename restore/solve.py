@@ -21,8 +21,8 @@ import operators
 from operators import Noise, OperatorError
 
 from .degrade import image_seed
-from .io import (Measurement, RestoreError, atomic_group, find_images, load_image, load_measurement, save_image,
-                 to_tensor, write_json)
+from .io import (Measurement, RestoreError, atomic_group, find_images, load_image, load_image_meta, load_measurement,
+                 save_image, to_tensor, write_json)
 from .metrics import psnr, ssim
 from .solvers import get_solver, solve
 from .solvers.base import task_of
@@ -37,7 +37,7 @@ class Job:
     reference_path: str = ""
 
 
-def load_plain_measurement(path: Path, spec: str) -> torch.Tensor:
+def load_plain_measurement(path: Path, spec: str) -> "torch.Tensor | tuple[torch.Tensor, dict]":
     """A plain file read as the measurement of ``spec``: an image (PNG/JPEG/TIFF), a real or complex .npy
     (MRI k-space), or a sinogram .npy/.tif ((views, detector) or (C, views, detector))."""
     family = operators.parse(spec).family
@@ -56,7 +56,8 @@ def load_plain_measurement(path: Path, spec: str) -> torch.Tensor:
 
         t = torch.from_numpy(np.asarray(tifffile.imread(path), dtype=np.float32))
         return t[None] if t.dim() == 2 else t
-    return load_image(path)
+    image, meta = load_image_meta(path)
+    return image, meta
 
 
 def collect_jobs(inputs: list[str], operator: str | None, noise: str | None, mask: str | None, seed: int,
@@ -80,6 +81,7 @@ def collect_jobs(inputs: list[str], operator: str | None, noise: str | None, mas
                 raise RestoreError(f"'{path}' is a plain image: give --operator SPEC (and --noise) saying how it was "
                                    f"measured, or a measurement file from 'restore degrade'.")
             y = load_plain_measurement(path, spec)
+            y, meta = y if isinstance(y, tuple) else (y, {"format": path.suffix.lower().lstrip(".")})
             parsed = operators.parse(spec)
             shape = operators.OPERATORS[parsed.family].image_shape_for(parsed, tuple(y.shape))
             s = image_seed(seed, rel.as_posix())
@@ -90,7 +92,7 @@ def collect_jobs(inputs: list[str], operator: str | None, noise: str | None, mas
                 raise RestoreError(f"'{path}' does not fit the operator: {exc}") from None
             state = {k: v for k, v in op.state_dict().items()}
             m = Measurement(y=y[None], spec=str(parsed), image_shape=shape, noise=Noise.parse(noise or 0), seed=s,
-                            state=state, source="")
+                            state=state, source="", source_meta=meta)
         job = Job(path, rel, m)
         ref = _reference_for(job, reference)
         if ref is not None:
@@ -196,6 +198,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                 metrics = _metrics(estimate, reference, lpips_weights) if reference is not None else {}
                 sidecar = dict(
                     input=str(job.source), output=str(target), reference=job.reference_path or None,
+                    input_values=job.m.source_meta or None,
                     operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
                     solver=solver_name, preset=solver.preset, params=result.params, samples=samples,
                     prior=_prior_info(prior), device=str(dev), versions=versions(),

@@ -247,6 +247,7 @@ def test_dicom_through_degrade_and_solve(tmp_path, capsys):
     assert load_image(tmp_path / "r" / "slice0.png").shape == (1, 16, 16)
     side = json.loads((tmp_path / "r" / "slice0.json").read_text())
     assert side["reference"].endswith("slice0.dcm") and side["metrics"]["psnr"] > 5
+    assert side["input_values"]["format"] == "dicom" and list(side["input_values"]["hu_window"]) == [-1000, 1000]
     # a plain DICOM file as the measurement of an operator (here: a noisy slice to denoise)
     code, _, err = run(capsys, "solve", src / "slice1.dcm", "--solver", "pinv", "-o", "denoise", "--noise", "0.01",
                        "--out", tmp_path / "p")
