@@ -18,9 +18,8 @@ import operators
 from operators import OperatorError
 from priors.base import PriorError
 
-from .solvers.base import SolverError
-
 from .io import RestoreError
+from .solvers.base import SolverError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Image restoration and inverse problems with diffusion priors.")
