@@ -88,7 +88,17 @@ def _temporary_beside(path: Path) -> str:
         raise RestoreError(f"no permission to create '{path.parent}'; choose a writable --out.") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     return tmp
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _remove_marker(path: Path) -> None:

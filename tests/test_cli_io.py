@@ -124,3 +124,14 @@ def test_corrupt_measurement_file_is_refused(tmp_path):
     (tmp_path / "m.npz").write_bytes(b"garbage")
     with pytest.raises(RestoreError, match="not a measurement file"):
         load_measurement(tmp_path / "m.npz")
+
+
+def test_outputs_get_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    path = save_image(tmp_path / "x.png", torch.rand(3, 8, 8))
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
