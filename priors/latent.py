@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .adm import ADMConfig, state_dict_mismatch
+from .adm import ADMConfig
 from .base import DiffusionPrior, PriorCard, PriorError, sha256_file
 
 __all__ = ["AutoencoderConfig", "LatentPrior", "SmallAutoencoder", "latent_prior_from_state", "load_autoencoder",
@@ -406,13 +406,9 @@ def _strict_autoencoder(state: Mapping[str, Tensor], arch: Mapping[str, Any], so
         model = SmallAutoencoder(AutoencoderConfig.from_dict(arch))
     except (TypeError, ValueError) as exc:
         raise PriorError(f"'{source}' has an invalid autoencoder architecture ({exc}).") from None
-    expected = model.state_dict()
-    problems = state_dict_mismatch(expected, state)
-    if problems:
-        raise PriorError(f"'{source}' does not match its autoencoder architecture: {'; '.join(problems[:3])}; "
-                         f"export it again.")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-    return model.eval()
+    from .load import load_strict
+
+    return load_strict(model, state, source, "export the autoencoder again")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -74,12 +74,18 @@ def load_adm(state: Mapping[str, torch.Tensor], config: ADMConfig | None, source
         except ADMStateDictError as exc:
             raise PriorError(f"'{source}' is not a guided-diffusion (ADM) UNet checkpoint ({exc}); give an ADM "
                              f"checkpoint or a diffusers folder.") from None
-    model = ADMUNet(config)
+    return load_strict(ADMUNet(config), state, source, "check the --config or use the checkpoint the config was "
+                                                       "made for")
+
+
+def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, fix: str) -> torch.nn.Module:
+    """Load ``state`` into ``model`` exactly (every key, every shape) or refuse with the first differences and
+    ``fix``; never a partial load or a silent random initialisation."""
     expected = model.state_dict()
     problems = state_dict_mismatch(expected, state)
     if problems:
         raise PriorError(f"'{source}' does not match the architecture it is loaded as: {'; '.join(problems[:3])}; "
-                         f"check the --config or use the checkpoint the config was made for.")
+                         f"{fix}.")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     return model.eval()
 

@@ -16,6 +16,17 @@ def shared_data() -> Path | None:
     return path if path.is_dir() else None
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one intra-op thread (restored afterwards): the tiny networks and tensors of the tests
+    gain nothing from a second thread and lose several-fold when the other core is busy. Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def shared():
     path = shared_data()

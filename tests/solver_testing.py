@@ -7,7 +7,7 @@
   measurement — for correctness tests against ``GaussianPrior.posterior``;
 * ``SMOKE_SPECS``: one small operator spec per family with the image shape it is built for;
 * ``run_sample``: a solver's ``sample`` called the way ``solve`` calls it, but returning the raw [-1, 1] output;
-* ``one_thread``: a fixture (``pytestmark = pytest.mark.usefixtures("one_thread")`` after importing it) running tests
+* ``one_thread`` (in conftest.py): ``pytestmark = pytest.mark.usefixtures("one_thread")`` runs tests
   on one intra-op thread.
 """
 
@@ -47,14 +47,6 @@ GAUSSIAN_SPECS: dict[str, str] = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Run a test on one intra-op thread (restored afterwards): the tiny networks here gain nothing from a second
-    thread, and lose several-fold when the other core is busy (e.g. with a training job)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _randomise_zeroed(net: torch.nn.Module, gen: torch.Generator, gain: float = 0.5) -> None:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from operators import Noise
-from solver_testing import one_thread, tiny_unet_prior  # noqa: F401
+from solver_testing import tiny_unet_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

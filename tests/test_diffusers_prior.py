@@ -19,13 +19,7 @@ AE = dict(in_channels=3, out_channels=3, block_out_channels=(32, 32, 32), layers
           down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, sample_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two fighting a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unet(in_ch=3, out_ch=3, seed=0):
@@ -46,7 +40,7 @@ def _pixel_pipeline(path, unet, **sched):
 
 
 @pytest.fixture(scope="module")
-def pixel(tmp_path_factory, _one_thread):
+def pixel(tmp_path_factory, one_thread):
     path = tmp_path_factory.mktemp("ddpm")
     unet = _unet()
     sched = _pixel_pipeline(path, unet)

@@ -19,13 +19,7 @@ from priors.train import ImageFolder, TrainConfig
 AE_CFG = dict(latent_channels=3, base_channels=8, channel_mult="1,2,2", num_res_blocks=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two fighting a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(folder, n=12, size=16):
@@ -46,7 +40,7 @@ def _ae(tmp_path, data, steps=3, work="ae_work", out="ae_out"):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, _one_thread):
+def trained(tmp_path_factory, one_thread):
     tmp = tmp_path_factory.mktemp("latent")
     data = _images(tmp / "data")
     ae_weights, ae_card = _ae(tmp, data)

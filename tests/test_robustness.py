@@ -20,7 +20,7 @@ from PIL import Image
 import restore.solve as rsolve
 from restore.cli import main
 from restore.io import load_image, load_measurement, save_image
-from solver_testing import one_thread, tiny_unet_prior  # noqa: F401 - one_thread is a fixture
+from solver_testing import tiny_unet_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

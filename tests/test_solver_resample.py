@@ -23,8 +23,7 @@ from priors.latent import AutoencoderConfig, LatentPrior, SmallAutoencoder
 from restore.solvers import SolverError, get_solver, solve
 from restore.solvers.base import randn_like_per_image
 from restore.solvers.resample import ddim_timesteps, hard_dc_events, resample_variance, x0_estimates
-from solver_testing import (_randomise_zeroed, gaussian_problem, one_thread,  # noqa: F401
-                            run_sample, smoke_problem)
+from solver_testing import _randomise_zeroed, gaussian_problem, run_sample, smoke_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -124,13 +124,7 @@ def whitened(mean_hat, cov_hat, mean, cov):
     return float(d @ d) / n, float(np.trace(wmat)) / n, np.linalg.eigvalsh(0.5 * (wmat + wmat.T))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread is several times faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def replicas(y: torch.Tensor, k: int) -> torch.Tensor:

@@ -16,8 +16,8 @@ from restore.solvers import SolverError, get_solver, solve
 from restore.solvers.base import randn_like_per_image
 from restore.solvers.ddnm import schedule_jump
 from restore.solvers.dps import space_timesteps
-from solver_testing import (GAUSSIAN_SPECS, SMOKE_SPECS, gaussian_problem, one_thread, run_sample,  # noqa: F401
-                            smoke_problem, tiny_unet_prior)
+from solver_testing import (GAUSSIAN_SPECS, SMOKE_SPECS, gaussian_problem, run_sample, smoke_problem,
+                            tiny_unet_prior)
 import operators
 from operators.seeding import generators
 
