@@ -53,16 +53,24 @@ def bm3d_denoise(noisy: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_denoiser(prior, images: list[torch.Tensor], sigmas=SIGMAS, use_bm3d=True, batch=16) -> dict:
+    """Images of one size go through the network in batches of ``batch``; mixed sizes (whole photographs for a
+    convolutional prior) one by one."""
     results = {}
+    same = len({tuple(im.shape) for im in images}) == 1
+    step = batch if same else 1
     for sigma in sigmas:
         g = torch.Generator().manual_seed(int(sigma * 1e4))
-        clean = torch.stack(images)
-        noisy = clean + sigma * torch.randn(clean.shape, generator=g)
-        den = torch.cat([((prior.denoise(noisy[i:i + batch] * 2 - 1, 2 * sigma) + 1) / 2)
-                         for i in range(0, len(images), batch)])
+        clean = [im[None] for im in images]
+        noisy = [c + sigma * torch.randn(c.shape, generator=g) for c in clean]
+        if same:
+            clean, noisy = [torch.cat(clean)], [torch.cat(noisy)]
+        den = [torch.cat([((prior.denoise(n[i:i + step] * 2 - 1, 2 * sigma) + 1) / 2) for i in range(0, len(n), step)])
+               for n in noisy]
+        clean, noisy, den = ([im for group in xs for im in group] for xs in (clean, noisy, den))
         row = {"prior": float(np.mean([psnr(d, c) for d, c in zip(den, clean)])),
                "noisy": float(np.mean([psnr(n, c) for n, c in zip(noisy, clean)]))}
-        blur_scores = {s: float(np.mean([psnr(b, c) for b, c in zip(gaussian_blur(noisy, s), clean)])) for s in BLURS}
+        blur_scores = {s: float(np.mean([psnr(gaussian_blur(n[None], s)[0], c) for n, c in zip(noisy, clean)]))
+                       for s in BLURS}
         best = max(blur_scores, key=blur_scores.get)
         row["gaussian_smoothing"], row["gaussian_smoothing_width"] = blur_scores[best], best
         if use_bm3d:
@@ -75,18 +83,21 @@ def evaluate_denoiser(prior, images: list[torch.Tensor], sigmas=SIGMAS, use_bm3d
 
 @torch.no_grad()
 def sample_grid(prior, n: int, size: int, steps: int, seed: int = 0) -> torch.Tensor:
-    """DDPM ancestral sampling (posterior variance β̃) on a respaced schedule of ``steps`` steps."""
+    """DDPM ancestral sampling (posterior variance β̃) on a respaced schedule of ``steps`` steps (a latent prior
+    samples latents and decodes them)."""
     T = prior.T
     ts = torch.linspace(T - 1, 0, steps).round().long().unique_consecutive()
     ab = prior.alphas_cumprod64
     g = torch.Generator().manual_seed(seed)
-    c = prior.card.channels
-    x = torch.randn(n, c, size, size, generator=g)
+    latent = bool(prior.card.latent)
+    shape = prior.latent_shape((size, size)) if latent else (prior.card.channels, size, size)
+    x = torch.randn(n, *shape, generator=g)
     for i, t in enumerate(ts):
         a_t = ab[t]
         a_prev = ab[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
         eps, _ = prior.model_output(x, torch.full((n,), float(t)))
-        x0 = ((x - (1 - a_t).sqrt().float() * eps) / a_t.sqrt().float()).clamp(-1, 1)
+        x0 = (x - (1 - a_t).sqrt().float() * eps) / a_t.sqrt().float()
+        x0 = x0 if latent else x0.clamp(-1, 1)
         if i + 1 == len(ts):
             x = x0
             break
@@ -94,7 +105,35 @@ def sample_grid(prior, n: int, size: int, steps: int, seed: int = 0) -> torch.Te
         var = beta * (1 - a_prev) / (1 - a_t)
         mean = (a_prev.sqrt() * beta / (1 - a_t)).float() * x0 + ((1 - a_prev) * (1 - beta).sqrt() / (1 - a_t)).float() * x
         x = mean + var.sqrt().float() * torch.randn(x.shape, generator=g)
-    return (x + 1) / 2
+    if latent:
+        x = torch.cat([prior.decode(x[i:i + 16]) for i in range(0, n, 16)])
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def prepare(images: list[torch.Tensor], channels: int, resize: int, multiple: int) -> list[torch.Tensor]:
+    """Grey for a grey prior; optional antialiased bicubic resize to ``resize``²; centre crop to a multiple of
+    ``multiple`` (what a convolutional prior's downsampling needs)."""
+    out = []
+    for im in images:
+        if channels == 1 and im.shape[0] == 3:
+            im = im.mean(0, keepdim=True)
+        if channels == 3 and im.shape[0] == 1:
+            im = im.expand(3, -1, -1)
+        if resize:
+            im = F.interpolate(im[None], size=(resize, resize), mode="bicubic", antialias=True,
+                               align_corners=False)[0].clamp(0, 1)
+        h, w = (d - d % multiple for d in im.shape[-2:])
+        top, left = (im.shape[-2] - h) // 2, (im.shape[-1] - w) // 2
+        out.append(im[:, top:top + h, left:left + w].contiguous())
+    return out
+
+
+@torch.no_grad()
+def autoencoder_psnr(prior, images: list[torch.Tensor], batch: int = 32) -> float:
+    """Mean PSNR of decode(encode(x)) on ``images`` (a latent prior's autoencoder)."""
+    x = torch.stack(images) * 2 - 1
+    rec = torch.cat([prior.decode(prior.encode(x[i:i + batch])) for i in range(0, len(x), batch)])
+    return float(np.mean([psnr(((r + 1) / 2).clamp(0, 1), (c + 1) / 2) for r, c in zip(rec, x)]))
 
 
 def tile(images: torch.Tensor, cols: int) -> torch.Tensor:
@@ -118,25 +157,36 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=250, help="sampling steps for the grid")
     ap.add_argument("--json", default="")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--resize", type=int, default=0, help="resize test images to N×N first (CT: 512² DICOM → 128²)")
+    ap.add_argument("--sample-size", type=int, default=0, help="size of the samples (default: the card's size)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     prior = priors.resolve(args.prior).eval()
     files = [p for p, _ in find_images([args.data])][: args.limit]
-    images = [load_image(p) for p in files]
-    if prior.card.channels == 1:
-        images = [im.mean(0, keepdim=True) if im.shape[0] == 3 else im for im in images]
+    card = prior.card
+    multiple = 8 if card.extra.get("any_size") else 1
+    images = prepare([load_image(p) for p in files], card.channels, args.resize, multiple)
+    report = {"prior": card.name, "data": str(args.data), "images": len(images),
+              "image_sizes": sorted({f"{im.shape[-2]}x{im.shape[-1]}" for im in images}),
+              "threads": torch.get_num_threads()}
+    if args.resize:
+        report["resized_to"] = args.resize
     t0 = time.perf_counter()
-    report = {"prior": prior.card.name, "data": str(args.data), "images": len(images),
-              "denoiser_psnr_db": evaluate_denoiser(prior, images, use_bm3d=not args.no_bm3d)}
+    if card.latent:
+        report["autoencoder_psnr_db"] = round(autoencoder_psnr(prior, images), 2)
+        print(f"autoencoder reconstruction PSNR {report['autoencoder_psnr_db']} dB", flush=True)
+    else:
+        report["denoiser_psnr_db"] = evaluate_denoiser(prior, images, use_bm3d=not args.no_bm3d)
     report["denoise_seconds"] = round(time.perf_counter() - t0, 1)
-    size = images[0].shape[-1]
-    x = torch.randn(1, prior.card.channels, size, size)
+    size = args.sample_size or card.image_size or images[0].shape[-1]
+    x = torch.randn(1, *(prior.latent_shape((size, size)) if card.latent else (card.channels, size, size)))
     prior.denoise(x, 0.5)
     t0 = time.perf_counter()
     for _ in range(5):
         prior.denoise(x, 0.5)
     report["seconds_per_evaluation_b1"] = round((time.perf_counter() - t0) / 5, 4)
+    report["evaluation_size"] = size
     if args.samples:
         grid = tile(sample_grid(prior, args.n_samples, size, args.steps), cols=int(np.ceil(args.n_samples ** 0.5)))
         save_image(args.samples, grid)

@@ -229,7 +229,7 @@ def load_images(folder: Path, card, limit: int, ref_dir: Path) -> list[Image]:
     were resized, or that PIL cannot show, get a PNG copy under ``ref_dir`` for the report's grids."""
     value_map = str(card.extra.get("value_map") or "")
     window = value_map[3:] if value_map.startswith("hu:") else None
-    size = card.image_size if card.image_size and not card.extra.get("any_size") else None
+    size = card.image_size or None  # a convolutional prior too: its native size is the scale it was trained at
     images = []
     for path in select_images(folder, limit):
         x = load_image(path, hu_window=window) if window else load_image(path)

@@ -34,6 +34,10 @@ ARCHITECTURES: dict[str, dict] = {
     "cpu64": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2", attention_resolutions="8",
                   num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
     # the embedded 64×64 priors when a GPU trains them
+    # convolutional (only the ADM middle block attends, over any number of tokens): trained on random crops, used on whole images of any size that 8 divides
+    # (natural photographs, and the 128×128 MRI / CT priors trained on 64×64 crops of their images)
+    "cpu-conv": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2", attention_resolutions="",
+                     num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
     "small64": dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2,2", attention_resolutions="16,8",
                     num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True),
     # the embedded 128×128 grey priors (MRI, CT)
@@ -67,6 +71,7 @@ class TrainConfig:
     training_data: str = ""
     licence: str = ""
     value_map: str = ""                  # optional "hu:LO,HI" for 16-bit CT stored as HU+1024
+    load_size: int = 0                   # resize every image to load_size × load_size when loading (0 = keep)
     schedule: str = "linear"             # key of priors.base.SCHEDULES (latent priors: "ldm-linear")
 
     def adm_config(self) -> ADMConfig:
@@ -80,7 +85,7 @@ class ImageFolder:
     SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
     def __init__(self, folder: str, size: int, channels: int, crop: str, max_images: int = 0, value_map: str = "",
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, load_size: int = 0):
         from PIL import Image
 
         files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in self.SUFFIXES)
@@ -99,6 +104,8 @@ class ImageFolder:
                     arr = arr[..., None] if arr.ndim == 2 else arr
             if arr.shape[-1] != channels:
                 arr = np.repeat(arr[..., :1], channels, axis=-1) if channels == 3 else arr.mean(-1, keepdims=True)
+            if load_size and arr.shape[:2] != (load_size, load_size):
+                arr = _resize(arr, load_size)
             if crop == "resize" and arr.shape[:2] != (size, size):
                 arr = _resize(arr, size)
             if min(arr.shape[:2]) < size:
@@ -228,7 +235,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
           on_step: Callable[[int, float, float], None] | None = None) -> tuple[Path, Path]:
     """Train (or resume) and write the final weights and model card. Returns (weights path, card path)."""
     data = ImageFolder(cfg.data, cfg.size, cfg.channels, cfg.crop, cfg.max_images, cfg.value_map,
-                       progress=lambda i, n: log(f"loading images {i}/{n}") if i == n else None)
+                       progress=lambda i, n: log(f"loading images {i}/{n}") if i == n else None, load_size=cfg.load_size)
     fitted = fit(cfg, data, log, on_step)
     return export(cfg, fitted.ema, fitted.adm, fitted.step, fitted.seconds, fitted.device, len(data))
 
@@ -311,12 +318,17 @@ def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, se
     dtype = torch.float16 if cfg.fp16_weights else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in ema.state_dict().items()}
     save_safetensors(tensors, weights, metadata={"format": "restore-adm", "adm": json.dumps(adm.to_dict())})
+    # a fully convolutional network trained on random crops restores images of any size its downsampling divides;
+    # its native size (the scale of the anatomy / the unconditional samples) is that of the images it was cut from
+    any_size = cfg.crop == "random" and not adm.attention_resolutions.strip()
     card = PriorCard(
-        name=cfg.name, image_size=cfg.size, channels=cfg.channels, domain=cfg.domain, schedule=cfg.schedule,
+        name=cfg.name, image_size=(cfg.load_size or cfg.size) if any_size else cfg.size, channels=cfg.channels,
+        domain=cfg.domain, schedule=cfg.schedule,
         timesteps=1000, parameterisation="eps", learned_variance=False, training_data=cfg.training_data,
         licence=cfg.licence, sha256=sha256_file(weights), architecture={"kind": "adm", **adm.to_dict()},
         extra=dict(steps=step, batch_size=cfg.batch_size, lr=cfg.lr, ema=cfg.ema, crop=cfg.crop,
-                   images=n_images, weights_dtype=str(dtype).replace("torch.", ""), value_map=cfg.value_map,
+                   images=n_images, load_size=cfg.load_size, train_size=cfg.size, any_size=any_size,
+                   weights_dtype=str(dtype).replace("torch.", ""), value_map=cfg.value_map,
                    hardware=_hardware(device), train_seconds=round(seconds, 1),
                    parameters=sum(v.numel() for v in tensors.values())),
     )

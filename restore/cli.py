@@ -5,6 +5,7 @@ User mistakes end in one sentence naming the problem and the fix, exit code 2, a
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -276,7 +277,7 @@ def prior_train(
     out: Path = typer.Option(Path("trained_priors"), "--out", help="folder for NAME.safetensors and NAME.json"),
     size: int = typer.Option(64, "--size", help="training resolution"),
     channels: int = typer.Option(3, "--channels", help="3 = RGB, 1 = grey"),
-    arch: str = typer.Option("small64", "--arch", help="tiny, small64, small128, or a JSON dict of ADM arguments"),
+    arch: str = typer.Option("small64", "--arch", help="tiny, cpu64, cpu-conv, small64, small128, or a JSON dict of ADM arguments"),
     crop: str = typer.Option("resize", "--crop", help="resize (whole images) or random (random crops)"),
     steps: int = typer.Option(10000, "--steps", help="total optimisation steps (resumes where it stopped)"),
     batch_size: int = typer.Option(32, "--batch-size"),
@@ -290,11 +291,15 @@ def prior_train(
     training_data: str = typer.Option("", "--training-data", help="where the data comes from (model card)"),
     licence: str = typer.Option("", "--licence", help="licence of the data (model card)"),
     value_map: str = typer.Option("", "--value-map", help="'hu:LO,HI' for 16-bit CT stored as HU+1024"),
+    load_size: int = typer.Option(0, "--load-size", help="resize every image to N×N on loading, before --crop "
+                                  "(e.g. 512² CT slices → 128² for 64² random crops); 0 keeps the stored size"),
     seed: int = typer.Option(0, "--seed"),
     latent: bool = typer.Option(False, "--latent", help="train a latent prior: an autoencoder (unless "
                                 "--autoencoder is given), then the UNet on its latents"),
     autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="--latent: a trained autoencoder"),
     autoencoder_steps: int = typer.Option(20000, "--autoencoder-steps", help="--latent: autoencoder steps"),
+    autoencoder_arch: str = typer.Option("", "--autoencoder-arch", help="--latent: JSON dict of autoencoder "
+                                         "arguments, e.g. '{\"base_channels\": 32, \"num_res_blocks\": 1}'"),
 ):
     """Train an ADM prior on a folder of images (EMA, resumable checkpoints, fp16 safetensors output); with
     --latent, a small KL autoencoder and an ADM UNet on its latents."""
@@ -308,10 +313,19 @@ def prior_train(
         raise PriorError(f"unknown --arch '{arch}'; use one of {', '.join(ARCHITECTURES)} or a JSON dict.")
     if not data.is_dir():
         raise PriorError(f"the training folder '{data}' does not exist; check the path.")
+    try:
+        ae_config = json.loads(autoencoder_arch) if autoencoder_arch.strip() else None
+    except json.JSONDecodeError as e:
+        raise PriorError(f"--autoencoder-arch is not valid JSON ({e.msg}); give a dict such as "
+                         f"'{{\"base_channels\": 32}}'.") from None
+    if load_size and load_size < size:
+        raise PriorError(f"--load-size {load_size} is smaller than the training --size {size}; use 0 or at least "
+                         f"{size}.")
     cfg = TrainConfig(data=str(data), name=name, out=str(out), size=size, channels=channels, arch=arch, crop=crop,
                       steps=steps, batch_size=batch_size, lr=lr, ema=ema, checkpoint_every=checkpoint_every,
                       work_dir=work_dir, device=device, max_images=max_images, domain=domain,
-                      training_data=training_data, licence=licence, value_map=value_map, seed=seed)
+                      training_data=training_data, licence=licence, value_map=value_map, seed=seed,
+                      load_size=load_size)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   "{task.fields[info]}", TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task(f"training {name}", total=steps, info="")
@@ -327,6 +341,7 @@ def prior_train(
                 autoencoder, _ = train_autoencoder(
                     data, out, steps=autoencoder_steps, batch_size=batch_size, device=device, name=f"{name}-ae",
                     size=size, channels=channels, crop=crop, seed=seed, max_images=max_images, value_map=value_map,
+                    config=ae_config,
                     work_dir=str(Path(work_dir) / "autoencoder") if work_dir else "",
                     log=lambda m: bar.console.print(m),
                     on_step=lambda step, loss, rate: bar.update(ae_task, completed=step,

@@ -202,6 +202,50 @@ def test_prior_cli_trains_a_latent_prior(tmp_path, capsys):
     assert prior.decode(z).shape == (1, 3, 16, 16)
 
 
+def test_convolutional_crop_training_gives_an_any_size_card_at_the_load_size(tmp_path):
+    """--crop random with an attention-free architecture: the card records the native scale (--load-size) and that
+    the prior runs on any size; the solver does not refuse other sizes; --load-size below --size is refused."""
+    _tiny_dataset(tmp_path / "data")  # 20×20 images, resized to 18×18 on loading, 16×16 crops
+    cfg = TrainConfig(data=str(tmp_path / "data"), name="conv", out=str(tmp_path / "out"), size=16, arch="cpu-conv",
+                      crop="random", load_size=18, steps=1, batch_size=2, work_dir=str(tmp_path / "w"), device="cpu")
+    weights, card_path = train(cfg, log=lambda m: None)
+    card = json.loads(card_path.read_text())
+    assert card["image_size"] == 18 and card["extra"]["any_size"] and card["extra"]["train_size"] == 16
+    assert card["extra"]["load_size"] == 18 and card["architecture"]["attention_resolutions"] == ""
+    prior = priors.resolve(str(weights))
+    assert prior.denoise(torch.zeros(1, 3, 24, 40), 0.3).shape == (1, 3, 24, 40)
+    from restore.solve import _check_prior_size
+    _check_prior_size(prior, (3, 24, 40), "ddnm")  # no refusal
+    # an architecture with attention at fixed resolutions, or whole-image training, keeps a fixed size
+    cfg2 = TrainConfig(data=str(tmp_path / "data"), name="fixed", out=str(tmp_path / "out"), size=16, arch="tiny",
+                       crop="resize", steps=1, batch_size=2, work_dir=str(tmp_path / "w2"), device="cpu")
+    card2 = json.loads(train(cfg2, log=lambda m: None)[1].read_text())
+    assert card2["image_size"] == 16 and not card2["extra"]["any_size"]
+    assert main(["prior", "train", str(tmp_path / "data"), "--name", "x", "--size", "16", "--load-size", "8"]) == 2
+
+
+def test_image_folder_load_size_resizes_before_cropping(tmp_path):
+    from priors.train import ImageFolder
+
+    _tiny_dataset(tmp_path / "data", n=2)
+    folder = ImageFolder(str(tmp_path / "data"), 8, 3, "random", load_size=10)
+    assert {a.shape for a in folder.images} == {(10, 10, 3)}
+    assert folder.batch(3, torch.Generator().manual_seed(0)).shape == (3, 3, 8, 8)
+
+
+def test_prior_cli_autoencoder_arch(tmp_path, capsys):
+    _tiny_dataset(tmp_path / "data")
+    code = main(["prior", "train", str(tmp_path / "data"), "--name", "lat2", "--out", str(tmp_path / "out"),
+                 "--size", "16", "--arch", "tiny", "--steps", "1", "--batch-size", "2", "--latent",
+                 "--autoencoder-steps", "1", "--autoencoder-arch", '{"base_channels": 8, "num_res_blocks": 1}',
+                 "--work-dir", str(tmp_path / "w"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    ae_card = json.loads((tmp_path / "out" / "lat2-ae.json").read_text())
+    assert ae_card["architecture"]["base_channels"] == 8 and ae_card["architecture"]["num_res_blocks"] == 1
+    code = main(["prior", "train", str(tmp_path / "data"), "--name", "x", "--latent", "--autoencoder-arch", "{bad"])
+    assert code == 2 and "not valid JSON" in capsys.readouterr().err
+
+
 class _FakeResponse:
     """An HTTP response serving ``data`` from a byte offset, optionally failing after ``fail_after`` bytes."""
 
