@@ -237,7 +237,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     data = ImageFolder(cfg.data, cfg.size, cfg.channels, cfg.crop, cfg.max_images, cfg.value_map,
                        progress=lambda i, n: log(f"loading images {i}/{n}") if i == n else None, load_size=cfg.load_size)
     fitted = fit(cfg, data, log, on_step)
-    return export(cfg, fitted.ema, fitted.adm, fitted.step, fitted.seconds, fitted.device, len(data))
+    shapes = {a.shape[:2] for a in data.images}
+    (h, w), = shapes if len(shapes) == 1 else [(0, 1)]
+    native = h if h == w else None  # all images one square size
+    return export(cfg, fitted.ema, fitted.adm, fitted.step, fitted.seconds, fitted.device, len(data),
+                  native_size=native)
 
 
 def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print,
@@ -311,7 +315,9 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
 
 
 def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, seconds: float, device: torch.device,
-           n_images: int) -> tuple[Path, Path]:
+           n_images: int, native_size: int | None = None) -> tuple[Path, Path]:
+    """Write the EMA weights (fp16 unless told otherwise) and the model card. ``native_size``: the side of the
+    (square, same-size) images the crops were cut from, the scale a convolutional crop-trained prior is meant for."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{cfg.name}.safetensors"
@@ -322,7 +328,7 @@ def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, se
     # its native size (the scale of the anatomy / the unconditional samples) is that of the images it was cut from
     any_size = cfg.crop == "random" and not adm.attention_resolutions.strip()
     card = PriorCard(
-        name=cfg.name, image_size=(cfg.load_size or cfg.size) if any_size else cfg.size, channels=cfg.channels,
+        name=cfg.name, image_size=(native_size or cfg.size) if any_size else cfg.size, channels=cfg.channels,
         domain=cfg.domain, schedule=cfg.schedule,
         timesteps=1000, parameterisation="eps", learned_variance=False, training_data=cfg.training_data,
         licence=cfg.licence, sha256=sha256_file(weights), architecture={"kind": "adm", **adm.to_dict()},

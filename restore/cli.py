@@ -229,6 +229,8 @@ def list_priors_command():
     for row in priors.list_priors():
         card = row["card"]
         size = f"{card.channels}×{card.image_size}²" if card.image_size else f"{card.channels}×any"
+        if card.image_size and card.extra.get("any_size"):
+            size += " (any size ÷8)"
         table.add_row(row["name"], row["kind"], size, card.domain, "yes" if row["available"] else "no",
                       row["location"])
     console.print(table)

@@ -187,6 +187,47 @@ def batch_norm(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1).norm(dim=1)
 
 
+#: an operator whose ‖AᵀA‖ exceeds this (CT's Radon transform: thousands) is normalised by the solvers whose step
+#: sizes assume a unit-scale operator (normalise="auto"); every task with official settings stays below it
+#: (masks 1, blurs ≤ 1, SR ×4 1/16, orthonormal MRI 1)
+GAIN_LIMIT = 4.0
+NORMALISE = ("auto", "on", "off")
+
+
+@torch.no_grad()
+def operator_gain(op, batch: int, device, iterations: int = 30) -> Tensor:
+    """‖AᵀA‖ per image (its largest eigenvalue), by power iteration from the same start for every image (so the
+    value does not depend on the batch), shaped (B,)."""
+    v = torch.randn(tuple(op.image_shape), generator=torch.Generator().manual_seed(0))
+    v = v.to(device).expand(batch, *v.shape).contiguous()
+    gain = torch.ones(batch, device=device)
+    for _ in range(iterations):
+        w = op.A_adjoint(op.A(v))
+        w = w.real if w.is_complex() else w
+        gain = w.reshape(batch, -1).norm(dim=1).clamp_min(1e-30)
+        v = w / gain.view(-1, *([1] * (w.dim() - 1)))
+    return gain
+
+
+def data_term_scale(op, batch: int, device, mode: str = "auto") -> Tensor:
+    """1/‖AᵀA‖ per image, shaped (B, 1, 1, 1), for solving with the normalised operator A/‖A‖ (and y/‖A‖): a squared
+    data term ‖A x − y‖² scales by it, a plain norm ‖A x − y‖ by its square root. ``mode`` "auto": only for linear
+    operators with ‖AᵀA‖ > GAIN_LIMIT (CT), so the official tasks keep the official step sizes exactly; "on": every
+    linear operator; "off": never (ones)."""
+    if mode not in NORMALISE:
+        raise SolverError(f"normalise must be one of {', '.join(NORMALISE)}, got '{mode}'.")
+    ones = torch.ones(batch, 1, 1, 1, device=device)
+    if mode == "off" or not op.linear:
+        return ones
+    if getattr(op, "has_svd", False):  # the spectrum is known: no operator evaluations
+        sv = op.singulars().to(device).abs()
+        sv = sv.reshape(sv.shape[0], -1).amax(dim=1) if sv.dim() > 1 and sv.shape[0] in (1, batch) else sv.max()
+        gain = (sv.float() ** 2).reshape(-1, 1, 1, 1).expand(batch, 1, 1, 1)
+    else:
+        gain = operator_gain(op, batch, device).view(-1, 1, 1, 1)
+    return torch.where(gain > GAIN_LIMIT, 1 / gain, ones) if mode == "auto" else 1 / gain
+
+
 def noise_sigma(measurement_noise) -> float:
     """σ_y on [0, 1] of a ``operators.Noise`` (0 for none / Poisson)."""
     return float(getattr(measurement_noise, "std", measurement_noise or 0.0))

@@ -17,6 +17,12 @@ Likelihood scale (our operators act on [0, 1] images, the official ones on [-1, 
   [-1, 1] = 2·A((x+1)/2) − A(1); HDR: clip(2x, −1, 1) = 2·hdr((x+1)/2) − 1), so we use s = 2 and the official
   step sizes lr and τ = 0.01 keep their meaning;
 * DAPS applies phase retrieval to [0, 1] data (``x*0.5 + 0.5`` first), which our operator already does: s = 1.
+
+Operators far from unit scale (``normalise``, default "auto"): CT's Radon transform has ‖AᵀA‖ in the thousands, so
+the official lr (tuned, like every official task, for ‖AᵀA‖ ≤ 1) would make Langevin diverge. With ‖AᵀA‖ above
+``base.GAIN_LIMIT`` the data gradient is divided by ‖AᵀA‖ — DAPS on the normalised operator A/‖A‖ and y/‖A‖, our
+extension (none of the official repositories has a CT task). No official task reaches the limit; "off" disables it.
+
 The measurement-noise σ_y does not enter DAPS: the likelihood temperature is τ (τ = 0.01 in every official task).
 Exp(−‖s r‖²/τ²) is a Gaussian likelihood with std τ/(√2·s) on our [0, 1] scale, which is what DAPS samples from.
 
@@ -50,7 +56,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, randn_like_per_image, task_of, to01
+from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, randn_like_per_image, task_of,
+                   to01)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the official per-task MCMC settings (``configs/task/*.yaml``): J, lr, lr_min_ratio, momentum, per task group.
@@ -110,7 +117,8 @@ class DAPSSolver(Solver):
     description = "Decoupled Annealing Posterior Sampling: PF-ODE x̂₀ + Langevin/HMC on x₀ at each noise level"
     needs = frozenset()
     uses_grad = True  # autograd through nonlinear operators and latent decoders (never through the network)
-    defaults = dict(_PIXEL, mcmc="langevin", mcmc_steps=100, lr=1e-4, lr_min_ratio=0.01, tau=0.01, momentum=0.9)
+    defaults = dict(_PIXEL, mcmc="langevin", mcmc_steps=100, lr=1e-4, lr_min_ratio=0.01, tau=0.01, momentum=0.9,
+                    normalise="auto")
     presets = {
         "daps-1k": dict(_PIXEL, description="DAPS-1K: 200 annealing levels × 5 ODE steps = 1000 NFE, 100 Langevin "
                                             "steps per level, lr 1e-4 (the official pixel setting)"),
@@ -134,6 +142,8 @@ class DAPSSolver(Solver):
                               f"{p['sigma_min']:g}, {p['ode_sigma_min']:g}.")
         if p["lr"] <= 0 or p["tau"] <= 0 or not (0 <= p["momentum"] < 1):
             raise SolverError("daps: lr and tau must be positive and momentum in [0, 1).")
+        if p["normalise"] not in NORMALISE:
+            raise SolverError(f"daps: normalise must be one of {', '.join(NORMALISE)}, got '{p['normalise']}'.")
 
     # ----------------------------------------------------------------------------------------------------------------
     def sample(self, y, op, prior, gens, progress=None):
@@ -141,7 +151,12 @@ class DAPSSolver(Solver):
         latent = bool(getattr(prior.card, "latent", False))
         N, M, J = p["annealing_steps"], p["ode_steps"], p["mcmc_steps"]
         s = residual_scale(op)
-        data_grad = self._data_gradient(y, op, prior, s, latent)
+        grad_fn, c = self._data_gradient(y, op, prior, s, latent)
+        if not latent:  # CT: the normalised operator A/‖A‖ (data_term_scale), so lr keeps its unit-scale meaning
+            kappa = data_term_scale(op, y.shape[0], y.device, p["normalise"])
+            data_grad = ((lambda x: grad_fn(x).mul_(kappa)) if bool((kappa != 1).any()) else grad_fn), c
+        else:
+            data_grad = grad_fn, c
 
         # the annealing grid: N+1 poly-7 points, the first N kept, then 0 (EDMScheduler.discretize)
         sigmas = poly_sigmas(p["sigma_max"], p["sigma_min"], N + 1)[:N] + [0.0]

@@ -36,6 +36,10 @@ Conventions and deliberate differences from the official code (each also stated 
 * μ is computed from detached x_i and x̂₀: the official code builds it inside the graph but detaches the update, and
   the gradient only flows through ‖y − A(x̂₀)‖, so the numbers are the same and no unused graph is kept.
 
+Operators far from unit scale (``normalise``, default "auto"): for ‖AᵀA‖ above ``base.GAIN_LIMIT`` (CT's Radon
+transform) the guidance norm is taken of the normalised operator, ‖y − A x̂₀‖/‖A‖, so ζ keeps the meaning it has on
+the official tasks (none of which reaches the limit); "off" disables it. Our extension: no official CT task.
+
 Step-size presets (``scale``, the official ``configs/*_config.yaml``): SR ×4, Gaussian and motion deblur 0.3;
 inpainting (box and random) 0.5; phase retrieval 1.0 (``nonlinear_deblur`` 0.3). Tasks without an official config
 (other SR factors, MRI, CT, HDR, denoising) use 0.5, the inpainting value, our choice — tune with ``scale=…``.
@@ -50,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, batch_norm, randn_like_per_image, to01
+from .base import NORMALISE, Solver, SolverError, batch_norm, data_term_scale, randn_like_per_image, to01
 
 VARIANCES = ("auto", "learned", "fixedlarge", "fixedsmall")
 
@@ -96,7 +100,7 @@ class DPS(Solver):
     description = "Diffusion Posterior Sampling (Chung et al. 2023): DDPM + ζ∇‖y − A(x̂₀)‖, backprop through the UNet"
     needs = frozenset({"pixel"})  # any differentiable operator; a latent prior would need decoding inside the graph
     uses_grad = True
-    defaults = {"scale": 0.5, "steps": 1000, "variance": "auto"}
+    defaults = {"scale": 0.5, "steps": 1000, "variance": "auto", "normalise": "auto"}
     presets = {
         "default": {"description": "ζ = 0.5 (no official config for this task; the inpainting value), 1000 steps"},
         "sr4": {"scale": 0.3, "description": "official super_resolution_config: ζ = 0.3, 1000 steps"},
@@ -118,6 +122,8 @@ class DPS(Solver):
             raise SolverError(f"DPS variance must be one of {', '.join(VARIANCES)}, got '{self.params['variance']}'.")
         if not self.params["scale"] >= 0:
             raise SolverError(f"DPS scale must be zero or positive, got {self.params['scale']}.")
+        if self.params["normalise"] not in NORMALISE:
+            raise SolverError(f"DPS normalise must be one of {', '.join(NORMALISE)}, got '{self.params['normalise']}'.")
 
     def sample(self, y: Tensor, op, prior, gens, progress=None) -> Tensor:
         zeta = float(self.params["scale"])
@@ -127,6 +133,8 @@ class DPS(Solver):
         variance = self.params["variance"]
         shape = (y.shape[0], prior.card.channels, *op.image_shape[1:])
         x = randn_like_per_image(torch.empty(shape, device=y.device), gens)          # x_N ~ N(0, I)
+        # CT: the normalised operator A/‖A‖ (data_term_scale), so ζ keeps its unit-scale meaning: ‖r‖/‖A‖
+        norm_scale = data_term_scale(op, shape[0], y.device, self.params["normalise"]).view(-1).sqrt()
 
         for k in reversed(range(n)):
             t = torch.full((shape[0],), float(coef.timesteps[k]), device=y.device)
@@ -138,7 +146,7 @@ class DPS(Solver):
             x0 = (coef.sqrt_recip_ac[k] * x - coef.sqrt_recipm1_ac[k] * eps).clamp(-1.0, 1.0)
             # the guidance term ‖y − A(x̂₀)‖ on the [-1, 1] scale (×2, see the module docstring), per image
             residual = 2.0 * (y - op.A(to01(x0)))
-            norm = batch_norm(residual)
+            norm = batch_norm(residual) * norm_scale
             (grad,) = torch.autograd.grad(norm.sum(), x)
             with torch.no_grad():
                 x0, x_t = x0.detach(), x.detach()

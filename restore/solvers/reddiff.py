@@ -19,7 +19,13 @@ Scale: the official code works on [-1, 1] data with y = H(x) + 2σ_y·n (σ_y on
 [0, 1] images the official [-1, 1] residual is exactly s = 2 times ours for every linear operator and HDR, so the
 data term is written with s = 2 and the official lr and λ keep their balance. Phase retrieval is applied by RED-diff
 to [-1, 1] data, by our operator to [0, 1] data — a different operator, not a rescaling — so there we use the
-operator's own scale, s = 1. The measurement-noise σ_y does not enter RED-diff (the official ``sigma_y`` is unused).
+operator's own scale, s = 1.
+
+Operators far from unit scale (``normalise``, default "auto"): for ‖AᵀA‖ above ``base.GAIN_LIMIT`` (CT) the data
+term is that of the normalised operator, ‖A x − y‖²/‖AᵀA‖, so λ keeps its balance against it; no official task
+reaches the limit; "off" disables it.
+
+The measurement-noise σ_y does not enter RED-diff (the official ``sigma_y`` is unused).
 
 Gradients are written out instead of autograd: the regulariser's gradient is λ·w·(ε̂−ε)/n_x exactly as
 ``loss_noise.backward()`` gives it, and for a linear operator the data gradient s²/(2 n_y)·Aᵀ(A((μ+1)/2) − y) is
@@ -54,7 +60,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, randn_like_per_image, to01, to_pm1
+from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, randn_like_per_image, to01,
+                   to_pm1)
 
 # denoise_term_weight options of algos/reddiff.py, as functions of snr_inv = σ_t = √(1−ᾱ_t)/√ᾱ_t
 WEIGHTINGS = {
@@ -78,7 +85,7 @@ class REDDiffSolver(Solver):
     description = "RED-Diff: Adam on μ with the score-distillation regulariser λ·σ_t·(ε̂ − ε), t swept from T to 0"
     needs = frozenset({"pixel"})
     uses_grad = True  # autograd through nonlinear operators (never through the network)
-    defaults = dict(steps=1000, lr=0.1, grad_term_weight=0.25, obs_weight=1.0, weighting="linear")
+    defaults = dict(steps=1000, lr=0.1, grad_term_weight=0.25, obs_weight=1.0, weighting="linear", normalise="auto")
     presets = {
         "default": dict(description="official reddiff.yaml: 1000 steps, lr 0.1, λ 0.25, linear (σ_t) weighting"),
         "fast": dict(steps=100, lr=0.5, description="the official README example: 100 steps, lr 0.5, λ 0.25"),
@@ -93,6 +100,8 @@ class REDDiffSolver(Solver):
             raise SolverError(f"reddiff: weighting must be one of {', '.join(WEIGHTINGS)}; got '{p['weighting']}'.")
         if p["steps"] < 1 or p["lr"] <= 0:
             raise SolverError("reddiff: steps must be at least 1 and lr positive.")
+        if p["normalise"] not in NORMALISE:
+            raise SolverError(f"reddiff: normalise must be one of {', '.join(NORMALISE)}, got '{p['normalise']}'.")
 
     def sample(self, y, op, prior, gens, progress=None):
         p = self.params
@@ -107,6 +116,8 @@ class REDDiffSolver(Solver):
         n_x = mu[0].numel()
         n_y = _measured_entries(op, y).to(mu.device).reshape(-1, *([1] * (mu.dim() - 1)))
         obs_coef = v_obs * data_coef / n_y                     # ∇ of v·mean(|s·r|²)/2 = (v/n_y)·(½∇‖s·r‖²)
+        # CT: the normalised operator A/‖A‖ (data_term_scale), so λ keeps its balance against the data term
+        obs_coef = obs_coef * data_term_scale(op, mu.shape[0], mu.device, p["normalise"])
 
         m1, m2 = torch.zeros_like(mu), torch.zeros_like(mu)   # Adam moments
         b1, b2 = self.betas
