@@ -67,6 +67,8 @@ def solve_command(
     mask: Optional[str] = typer.Option(None, "--mask", help="mask file for a masked plain image (1 = observed)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="solver preset (default: the one for the task)"),
     steps: Optional[int] = typer.Option(None, "--steps", help="override the preset's number of steps"),
+    param: Optional[List[str]] = typer.Option(None, "--param", help="KEY=VALUE: set one solver parameter on top "
+                                              "of the preset (repeatable; 'restore list solvers' names them)"),
     samples: int = typer.Option(1, "--samples", "-k", help="posterior samples per image: mean + std map"),
     seed: int = typer.Option(0, "--seed", help="base seed of plain-image inputs"),
     batch_size: int = typer.Option(1, "--batch-size", "-b"),
@@ -81,8 +83,9 @@ def solve_command(
     is known)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .solve import collect_jobs, run
+    from .solve import collect_jobs, parse_params, run
 
+    params = parse_params(param)
     jobs = collect_jobs(inputs, operator, noise, mask, seed, reference)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -92,7 +95,7 @@ def solve_command(
             bar.update(task, description=f"{solver} · {label}", completed=i, total=n)
 
         rows = run(jobs, solver, prior, out, preset=preset, steps=steps, samples=samples, batch_size=batch_size,
-                   device=device, overwrite=overwrite, lpips_weights=lpips_weights, progress=progress)
+                   device=device, overwrite=overwrite, lpips_weights=lpips_weights, progress=progress, params=params)
     _print_rows(rows, f"restore solve --solver {solver}")
     if any(r["status"] == "failed" for r in rows):
         for r in rows:

@@ -1,9 +1,11 @@
 """``restore demo`` / ``make demo``: degrade the shipped samples and restore them with the embedded priors.
 
 Face tasks (64×64) run DDNM, DPS, DAPS and RED-Diff (their fast presets) on the embedded ``faces64`` prior beside
-the pseudo-inverse baseline; MRI and
-CT run the baseline until their embedded priors ship. Prints a table of PSNR/SSIM (LPIPS when weights are
-available) and writes every measurement, restoration and sidecar under ``--out``.
+the pseudo-inverse baseline, ReSample on the latent ``faces64-latent``; MRI (4× k-space) runs DDNM and DAPS on ``brain-mri``, sparse-view CT (60 views)
+RED-Diff on ``ct``, each on a synthetic 128×128 slice that the prior itself generated (no shippable patient image
+exists; see sample_data/README.md). A task whose prior is not available here runs the baseline only. Prints a table
+of PSNR/SSIM (LPIPS when weights are available) and writes every measurement, restoration and sidecar under
+``--out``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ TASKS = [
     ("astronaut_face64.png", "mask:kind=box,size=24,margin=8", 0.0, "faces64", [("ddnm", None), ("daps", "daps-100")]),
     ("astronaut_face64.png", "mask:kind=random,fraction=0.7", 0.0, "faces64", [("ddnm", None)]),
     ("astronaut_face64.png", "blur:kind=gaussian,size=61,std=3.0", 0.01, "faces64", [("ddnm", "ddnm+")]),
-    ("shepp_logan128.png", "mri:accel=4,center=0.08,pattern=random", 0.0, None, []),
-    ("shepp_logan128.png", "ct:views=60", 0.0, None, []),
+    ("astronaut_face64.png", "mask:kind=random,fraction=0.7", 0.0, "faces64-latent", [("resample", "fast")]),
+    ("brain_synthetic128.png", "mri:accel=4,center=0.08,pattern=random", 0.0, "brain-mri",
+     [("ddnm", None), ("daps", "daps-100")]),
+    ("ct_synthetic128.png", "ct:views=60", 0.0, "ct", [("reddiff", "fast")]),
 ]
 
 

@@ -140,8 +140,10 @@ def versions() -> dict:
 def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: str | None = None,
         steps: int | None = None, samples: int = 1, batch_size: int = 1, device: str = "auto",
         overwrite: bool = False, lpips_weights: str | None = None,
-        progress: Callable[[str, int, int], None] | None = None, out_format: str = "png") -> list[dict]:
-    """Solve every job; returns one row per image (status, output, metrics, cost)."""
+        progress: Callable[[str, int, int], None] | None = None, out_format: str = "png",
+        params: dict | None = None) -> list[dict]:
+    """Solve every job; returns one row per image (status, output, metrics, cost). ``params`` override single solver
+    parameters on top of the preset (``--param KEY=VALUE``)."""
     import priors
 
     out = Path(out)
@@ -151,7 +153,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                        ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RestoreError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    get_solver(solver_name)  # an unknown solver is refused before any prior is loaded
+    get_solver(solver_name, **(params or {}))  # an unknown solver or parameter is refused before any prior is loaded
     prior = None if solver_name == "pinv" else priors.resolve(prior_name, device=str(dev))
     rows: list[dict] = []
     todo = []
@@ -176,7 +178,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
             y, solve_shape, noise_model, channel_note = _adapt_channels(y, spec, shape, the_prior, noise_model)
             op = operators.build(spec, solve_shape, seeds=seeds, device=dev,
                                  state=_stack_states(cls, [j.m.state for j, _ in chunk]))
-            solver = _make_solver(solver_name, preset, steps, op, the_prior)
+            solver = _make_solver(solver_name, preset, steps, op, the_prior, params)
             _check_prior_size(the_prior, shape, solver_name)
             label = ", ".join(str(j.rel) for j, _ in chunk)
             result = solve(solver, y, op, the_prior, seeds, noise=noise_model, samples=samples,
@@ -249,16 +251,27 @@ class _NoPrior:
         self.card = PriorCard(name="none", image_size=None, channels=channels, domain="")
 
 
-def _make_solver(name: str, preset: str | None, steps: int | None, op, prior=None):
+def _make_solver(name: str, preset: str | None, steps: int | None, op, prior=None, params: dict | None = None):
     probe = get_solver(name)
     chosen = preset or probe.auto_preset(op, prior)
-    overrides = {}
+    overrides = dict(params or {})
     if steps is not None:
         key = getattr(probe, "steps_param", "steps")  # DAPS: the number of annealing levels
         if key not in probe.defaults:
             raise RestoreError(f"solver '{name}' has no --steps parameter; choose one of its presets with --preset.")
         overrides[key] = steps
     return get_solver(name, preset=chosen, **overrides)
+
+
+def parse_params(items: "list[str] | None") -> dict:
+    """``KEY=VALUE`` items (``--param``) → a dict of strings; the solver casts each to its parameter's type."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RestoreError(f"--param takes KEY=VALUE (e.g. scale=0.3), got '{item}'.")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _check_prior_size(prior, shape, solver_name: str) -> None:

@@ -138,3 +138,14 @@ def test_ddnm_with_the_face_prior_fills_random_holes_far_better_than_pinv(name):
     baseline = solve(get_solver("pinv"), y, op, prior, seeds=[0]).x
     assert psnr(restored[0], clean[0]) > psnr(baseline[0], clean[0]) + 10
     assert psnr(restored[0], clean[0]) > 22
+
+
+def test_every_demo_task_has_its_sample_and_an_embedded_prior():
+    """`make demo` on a fresh clone: each task's image ships in sample_data and its prior in priors/embedded."""
+    from restore.demo import SAMPLES as DEMO_SAMPLES, TASKS
+
+    for image, spec, _, prior, solvers in TASKS:
+        assert (DEMO_SAMPLES / image).is_file(), image
+        operators.parse(spec)
+        if solvers:
+            assert prior in EMBEDDED, prior

@@ -167,3 +167,20 @@ def test_grey_image_restored_with_an_rgb_prior(tmp_path, capsys):
     code, _, err = run(capsys, "solve", tmp_path / "m2", "--solver", "dps", "--steps", "2", "--prior", prior,
                        "--out", tmp_path / "r2")
     assert code == 2 and "1-channel images" in err
+
+
+def test_param_sets_one_solver_parameter_and_bad_ones_are_refused(tmp_path, capsys):
+    prior = _tiny_prior_file(tmp_path)
+    save_image(tmp_path / "clean.png", torch.rand(3, 16, 16))
+    assert run(capsys, "degrade", tmp_path / "clean.png", "-o", "sr:factor=2", "--out", tmp_path / "m")[0] == 0
+    code, _, err = run(capsys, "solve", tmp_path / "m", "--solver", "ddnm", "--prior", prior, "--steps", "3",
+                       "--param", "eta=0.5", "--param", "travel_length=1", "--out", tmp_path / "r")
+    assert code == 0, err
+    side = json.loads((tmp_path / "r" / "clean.json").read_text())
+    assert side["params"]["eta"] == 0.5 and side["params"]["steps"] == 3
+    for bad, fragment in [("eta", "KEY=VALUE"), ("nothing=1", "no parameter 'nothing'"),
+                          ("eta=fast", "like 0.85 (float)"), ("steps=2.5", "like 100 (int)")]:
+        code, _, err = run(capsys, "solve", tmp_path / "m", "--solver", "ddnm", "--prior", prior, "--param", bad,
+                           "--out", tmp_path / "r2")
+        assert code == 2 and fragment in err and "Traceback" not in err, (bad, err)
+        assert not (tmp_path / "r2").exists()

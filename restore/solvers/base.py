@@ -93,7 +93,7 @@ class Solver:
             if key not in self.defaults:
                 raise SolverError(f"solver '{self.name}' has no parameter '{key}'; its parameters are: "
                                   f"{', '.join(self.defaults)}.")
-            params[key] = type(self.defaults[key])(value) if self.defaults[key] is not None else value
+            params[key] = _cast(key, value, self.defaults[key], self.name)
         self.preset = preset or ""
         self.params = params
 
@@ -137,6 +137,23 @@ class Solver:
     def sample(self, y: Tensor, op: Operator, prior, gens: Sequence[torch.Generator],
                progress: Progress | None = None) -> Tensor:
         raise NotImplementedError
+
+
+def _cast(key: str, value: Any, default: Any, solver: str) -> Any:
+    """A parameter override as the type of its default (strings from the command line included)."""
+    if default is None:
+        return value
+    try:
+        if isinstance(default, bool) and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, str):
+            return int(float(value)) if float(value).is_integer() else int(value)
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise SolverError(f"solver '{solver}' parameter '{key}' takes a value like {default!r} "
+                          f"({type(default).__name__}), got '{value}'.") from None
 
 
 def task_of(spec) -> str:
