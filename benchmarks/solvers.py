@@ -973,6 +973,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prior", default="faces64", help="pixel prior for the face tasks: name or checkpoint path")
     ap.add_argument("--data", default=str(SHARED / "test" / "faces64"), help="test folder for the face tasks")
     ap.add_argument("--limit", type=int, default=16, help="images per test folder, evenly spaced (0: all)")
+    ap.add_argument("--limits", default="", help="per-group limits over --limit, e.g. latent=8,mri=8,ct=10")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                    help="merge the --json files of runs made side by side (e.g. one group per core) and write "
+                         "--markdown / --json from them; nothing is run")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                     help=f"face tasks (default {','.join(DEFAULT_TASKS)}); names of TASKS or operator presets")
     ap.add_argument("--task-spec", action="append", default=[], metavar="NAME=SPEC",
@@ -1017,8 +1021,61 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_limits(text: str) -> dict[str, int]:
+    out = {}
+    for item in split_list(text):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("faces", "latent", "mri", "ct") or not value.strip().isdigit():
+            raise SystemExit(f"--limits takes GROUP=N items with GROUP one of faces, latent, mri, ct; got '{item}'.")
+        out[key] = int(value)
+    return out
+
+
+def combine(paths: list[str]) -> dict:
+    """One result from the --json files of several runs (e.g. the face group on one core and the other groups on
+    the other): rows, overhead, throughput, skipped and priors are concatenated; the configuration is the first
+    run's, with the union of the solvers, tasks and sections; the commands and machines of all runs are kept."""
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(results[0])
+    merged["config"] = dict(results[0]["config"])
+    for key in ("rows", "overhead", "throughput", "skipped", "priors"):
+        merged[key] = [item for r in results for item in r.get(key, [])]
+    seen, priors = set(), []
+    for p in merged["priors"]:  # a group that one run skipped and another ran is shown once, as run
+        if p.get("available") or not any(q.get("available") and q["group"] == p["group"] for q in merged["priors"]):
+            if (p["group"], p.get("name") or p.get("given")) not in seen:
+                seen.add((p["group"], p.get("name") or p.get("given")))
+                priors.append(p)
+    merged["priors"] = priors
+    ran = {p["group"] for p in priors if p.get("available")}
+    merged["skipped"] = [s for s in merged["skipped"] if not (s["task"] == "*" and s["group"] in ran)]
+    cfg = merged["config"]
+    for key in ("solvers", "sections"):
+        cfg[key] = list(dict.fromkeys(v for r in results for v in r["config"].get(key, [])))
+    cfg["tasks"] = {k: v for r in results for k, v in r["config"].get("tasks", {}).items()}
+    cfg["limits"] = {k: v for r in results for k, v in (r["config"].get("limits") or {}).items()}
+    merged["command"] = " ; ".join(r["command"] for r in results)
+    merged["gpu"] = next((r["gpu"] for r in results if r.get("gpu") and not r["gpu"].get("skipped_reason")),
+                         results[0].get("gpu", {}))
+    md, summary = quality_tables(merged["rows"])
+    merged.update(quality_markdown=md, summary={task: {s: {m: list(v) if isinstance(v, tuple) else v
+                                                           for m, v in d.items()} for s, d in per.items()}
+                                                for task, per in summary.items()})
+    return merged
+
+
 def main(argv: list[str] | None = None, log=print) -> dict:
     args = build_parser().parse_args(argv)
+    if args.combine:
+        result = combine(args.combine)
+        if args.markdown:
+            update_markdown(Path(args.markdown), results_markdown(result))
+            log(f"wrote the results section of {args.markdown}")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(_clean(result), indent=1, ensure_ascii=False) + "\n")
+            log(f"wrote {args.json}")
+        return result
     torch.set_num_threads(max(1, args.threads))
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -1068,13 +1125,15 @@ def _benchmark(args, argv, sections, presets, extra, tasks, labels, batch_sizes,
               Group("mri", args.mri_prior, Path(args.mri_data), split_list(args.mri_tasks), pixel),
               Group("ct", args.ct_prior, Path(args.ct_data), split_list(args.ct_tasks), pixel)]
     groups = [g for g in groups if g.labels]
+    limits = parse_limits(args.limits)
     for g in groups:
-        prepare_group(g, args.limit, args.device, out)
+        prepare_group(g, limits.get(g.key, args.limit), args.device, out)
         log(f"{g.key}: " + (f"skipped — {g.skip}" if g.skip else
                             f"prior {g.prior_obj.card.name}, {len(g.images)} images of {g.data}"))
 
     config = dict(presets=presets, solvers=pixel + latent, steps_override=args.steps_override, noise=args.noise,
-                  noise_sigma=getattr(noise, "std", 0.0), seed=args.seed, limit=args.limit, batch_size=ctx.batch_size,
+                  noise_sigma=getattr(noise, "std", 0.0), seed=args.seed, limit=args.limit, limits=limits,
+                  batch_size=ctx.batch_size,
                   tasks={t: task_spec(t, extra) for g in groups for t in g.tasks}, sections=sections,
                   batch_sizes=batch_sizes, throughput_task=args.throughput_task,
                   throughput_steps=args.throughput_steps, bare_repeats=args.bare_repeats,

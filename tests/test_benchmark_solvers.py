@@ -138,6 +138,31 @@ def test_end_to_end_at_toy_scale(bs, tmp_path, monkeypatch):
     assert "LPIPS unavailable" in text and "Batch throughput" in text and "no-such-latent" in text
 
 
+def test_runs_side_by_side_combine_into_one_report(bs, tmp_path, monkeypatch):
+    """Two runs with different groups and limits (one per core) merge into the report one run would write."""
+    monkeypatch.setenv("RESTORE_LPIPS_WEIGHTS", str(tmp_path / "no-lpips.safetensors"))
+    data = _images(tmp_path / "faces", 3)
+    prior = _tiny_prior_file(tmp_path / "prior")
+    common = ["--data", str(data), "--solvers", "ddnm", "--presets", "fast", "--steps-override", "1",
+              "--latent-prior", "none", "--ct-prior", "none", "--bare-repeats", "1", "--bare-seconds", "0",
+              "--sections", "quality", "--threads", "1"]
+    a = bs.main(common + ["--prior", str(prior), "--mri-prior", "none", "--tasks", "sr2", "--limits", "faces=1",
+                          "--out", str(tmp_path / "a"), "--json", str(tmp_path / "a.json")], log=lambda m: None)
+    b = bs.main(common + ["--prior", "none", "--mri-prior", "none", "--tasks", "inpaint-random", "--limit", "2",
+                          "--out", str(tmp_path / "b"), "--json", str(tmp_path / "b.json")], log=lambda m: None)
+    assert len({r["image"] for r in a["rows"]}) == 1 and b["rows"] == []
+    doc = tmp_path / "doc.md"
+    merged = bs.main(["--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--markdown", str(doc)],
+                     log=lambda m: None)
+    assert len(merged["rows"]) == len(a["rows"]) and merged["config"]["limits"] == {"faces": 1}
+    assert [p["group"] for p in merged["priors"] if p.get("available")] == ["faces"]
+    # the face group ran in the first run, so the second run's "faces skipped" is dropped
+    assert not any(s["group"] == "faces" and s["task"] == "*" for s in merged["skipped"])
+    assert "#### sr2" in doc.read_text() and " ; " in merged["command"]
+    with pytest.raises(SystemExit, match="--limits"):
+        bs.main(["--limits", "faces=x"])
+
+
 def test_gpu_section_code_runs_on_the_cpu_with_a_tiny_architecture(bs):
     from priors.adm import ADMConfig
 
