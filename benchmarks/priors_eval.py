@@ -110,6 +110,28 @@ def sample_grid(prior, n: int, size: int, steps: int, seed: int = 0) -> torch.Te
     return ((x + 1) / 2).clamp(0, 1)
 
 
+@torch.no_grad()
+def evaluate_latent_denoiser(prior, images: list[torch.Tensor], sigmas=(0.1, 0.3, 1.0, 3.0), batch: int = 32) -> dict:
+    """A latent prior as a denoiser of its own latents z = E(x) of the test images: mean squared error of
+    D(z + σn, σ) against z, beside the noisy latents and the best linear (Wiener) shrinkage with the latents' own
+    mean and variance (an oracle: a generous baseline)."""
+    x = torch.stack(images) * 2 - 1
+    z = torch.cat([prior.encode(x[i:i + batch]) for i in range(0, len(x), batch)])
+    mean, var = float(z.mean()), float(z.var())
+    out = {}
+    for sigma in sigmas:
+        g = torch.Generator().manual_seed(int(sigma * 1e4))
+        zn = z + sigma * torch.randn(z.shape, generator=g)
+        d = torch.cat([prior.denoise(zn[i:i + batch], sigma) for i in range(0, len(z), batch)])
+        w = var / (var + sigma**2)
+        row = {"noisy_mse": float(((zn - z) ** 2).mean()), "wiener_mse": float(((w * zn + (1 - w) * mean - z) ** 2)
+                                                                                   .mean()),
+               "prior_mse": float(((d - z) ** 2).mean())}
+        out[str(sigma)] = row
+        print(f"latent σ={sigma}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+    return out
+
+
 def prepare(images: list[torch.Tensor], channels: int, resize: int, multiple: int) -> list[torch.Tensor]:
     """Grey for a grey prior; optional antialiased bicubic resize to ``resize``²; centre crop to a multiple of
     ``multiple`` (what a convolutional prior's downsampling needs)."""
@@ -176,6 +198,7 @@ def main() -> None:
     if card.latent:
         report["autoencoder_psnr_db"] = round(autoencoder_psnr(prior, images), 2)
         print(f"autoencoder reconstruction PSNR {report['autoencoder_psnr_db']} dB", flush=True)
+        report["latent_denoiser_mse"] = evaluate_latent_denoiser(prior, images)
     else:
         report["denoiser_psnr_db"] = evaluate_denoiser(prior, images, use_bm3d=not args.no_bm3d)
     report["denoise_seconds"] = round(time.perf_counter() - t0, 1)

@@ -32,30 +32,22 @@ save("shepp_logan128.png", np.clip(np.round(phantom * 65535), 0, 65535).astype(n
 
 
 # Synthetic slices for the MRI and CT demos: no brain MRI or chest CT that the project may ship exists in
-# scikit-image, so these are unconditional samples of the project's own embedded priors (brain-mri, ct), generated
-# here, not patients. Restoring a prior's own sample flatters that prior; the benchmarks use real held-out slices.
-SYNTHETIC = {"brain_synthetic128.png": ("brain-mri", 3), "ct_synthetic128.png": ("ct", 1)}  # file: (prior, seed)
+# scikit-image, so these are unconditional samples of the project's own embedded priors (brain-mri, ct), not patients:
+# one tile of each prior's sample grid in docs/priors/ (written by benchmarks/priors_eval.py: 9 samples, seed 0,
+# 100 DDPM steps; the tile chosen by eye as the most anatomy-like). Restoring a prior's own sample flatters that
+# prior; the benchmarks use real held-out slices.
+SYNTHETIC = {"brain_synthetic128.png": ("brain-mri_samples.png", 0), "ct_synthetic128.png": ("ct_samples.png", 5)}
 
 
-def synthetic_slices(steps: int = 250) -> None:
-    import sys
-
-    import torch
-
-    sys.path.insert(0, str(HERE.parent))
-    sys.path.insert(0, str(HERE.parent / "benchmarks"))
-    import priors
-    from priors_eval import sample_grid
-
-    for name, (prior_name, seed) in SYNTHETIC.items():
-        try:
-            prior = priors.resolve(prior_name).eval()
-        except Exception as exc:  # a checkout without that prior keeps the file it has
-            print(f"skipped {name}: {exc}")
+def synthetic_slices(size: int = 128, cols: int = 3) -> None:
+    docs = HERE.parent / "docs" / "priors"
+    for name, (grid_name, index) in SYNTHETIC.items():
+        if not (docs / grid_name).is_file():
+            print(f"skipped {name}: {docs / grid_name} is missing (run benchmarks/priors_eval.py --samples)")
             continue
-        torch.manual_seed(0)
-        x = sample_grid(prior, 1, prior.card.image_size, steps, seed=seed)[0, 0]
-        save(name, np.clip(np.round(x.numpy() * 65535), 0, 65535).astype(np.uint16))
+        grid = np.asarray(Image.open(docs / grid_name).convert("L"))
+        r, c = divmod(index, cols)
+        save(name, np.ascontiguousarray(grid[r * size:(r + 1) * size, c * size:(c + 1) * size]))
 
 
 synthetic_slices()
