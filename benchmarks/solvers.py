@@ -1033,13 +1033,23 @@ def parse_limits(text: str) -> dict[str, int]:
 
 def combine(paths: list[str]) -> dict:
     """One result from the --json files of several runs (e.g. the face group on one core and the other groups on
-    the other): rows, overhead, throughput, skipped and priors are concatenated; the configuration is the first
+    the other): rows, overhead, throughput, skipped and priors are concatenated (a solver × task that a later file
+    ran again replaces the earlier file's rows and timings); the configuration is the first
     run's, with the union of the solvers, tasks and sections; the commands and machines of all runs are kept."""
     results = [json.loads(Path(p).read_text()) for p in paths]
     merged = dict(results[0])
     merged["config"] = dict(results[0]["config"])
     for key in ("rows", "overhead", "throughput", "skipped", "priors"):
         merged[key] = [item for r in results for item in r.get(key, [])]
+    # a later run that reran a solver on a task (e.g. after a fix) replaces the earlier rows and timings of it
+    last = {}
+    for i, r in enumerate(results):
+        for row in r.get("rows", []):
+            last[(row["group"], row["task"], row["solver"])] = i
+    merged["rows"] = [row for i, r in enumerate(results) for row in r.get("rows", [])
+                      if last[(row["group"], row["task"], row["solver"])] == i]
+    merged["overhead"] = [o for i, r in enumerate(results) for o in r.get("overhead", [])
+                          if last.get((o["group"], o["task"], o["solver"]), i) == i]
     seen, priors = set(), []
     for p in merged["priors"]:  # a group that one run skipped and another ran is shown once, as run
         if p.get("available") or not any(q.get("available") and q["group"] == p["group"] for q in merged["priors"]):

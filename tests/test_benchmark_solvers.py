@@ -159,6 +159,9 @@ def test_runs_side_by_side_combine_into_one_report(bs, tmp_path, monkeypatch):
     # the face group ran in the first run, so the second run's "faces skipped" is dropped
     assert not any(s["group"] == "faces" and s["task"] == "*" for s in merged["skipped"])
     assert "#### sr2" in doc.read_text() and " ; " in merged["command"]
+    # a run repeated later replaces the earlier rows of the same solver × task instead of adding to them
+    again = bs.main(["--combine", str(tmp_path / "a.json"), str(tmp_path / "a.json")], log=lambda m: None)
+    assert len(again["rows"]) == len(a["rows"]) and len(again["overhead"]) == len(a["overhead"])
     with pytest.raises(SystemExit, match="--limits"):
         bs.main(["--limits", "faces=x"])
 

@@ -10,7 +10,7 @@ import torch
 import operators
 from restore.solvers import get_solver
 from restore.solvers.base import GAIN_LIMIT, SolverError, data_term_scale, operator_gain
-from solver_testing import run_sample, smoke_problem
+from tests.solver_testing import run_sample, smoke_problem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 
+import operators
 from priors.gaussian import dense_matrix
 from restore.solvers import SolverError, get_solver, solve
 from restore.solvers.daps import poly_sigmas, residual_scale
@@ -499,3 +500,28 @@ def test_overhead_cpu64(name, preset, params, spec):
           f"network {in_net.seconds:.2f} + operator {in_op.seconds:.2f} + solver {rest:.2f}; bare net "
           f"{bare * 1e3:.1f} ms; wall/(NFE·bare) {wall / (nfe * bare):.3f}; wall/network {wall / in_net.seconds:.3f}; "
           f"(network+solver)/network {(in_net.seconds + rest) / in_net.seconds:.3f}")
+
+
+def test_daps_step_count_presets_take_the_task_s_official_mcmc_settings():
+    """DAPS-100 / DAPS-1K pair their step counts with the task's official Langevin settings (motion deblur: lr 5e-5,
+    which keeps the Langevin step stable where the default 1e-4 is not); an explicit lr wins; a task without
+    official settings (MRI) keeps 100 steps at 1e-4."""
+    prior = tiny_unet_prior(channels=3, size=16)
+    motion = operators.build("blur:kind=motion,size=5,intensity=0.5", (3, 16, 16), seeds=[0])
+    y = operators.measure(motion, torch.rand(1, 3, 16, 16), 0.0, [0])
+    solver = get_solver("daps", preset="daps-100", annealing_steps=1, ode_steps=1)
+    run_sample(solver, y, motion, prior, seeds=[0])
+    assert (solver.params["lr"], solver.params["mcmc_steps"]) == (5e-5, 100)
+    explicit = get_solver("daps", preset="daps-100", annealing_steps=1, ode_steps=1, lr=2e-5, mcmc_steps=3)
+    run_sample(explicit, y, motion, prior, seeds=[0])
+    assert (explicit.params["lr"], explicit.params["mcmc_steps"]) == (2e-5, 3)
+    grey = tiny_unet_prior(channels=1, size=16)
+    mri = operators.build("mri:accel=4,center=0.08", (1, 16, 16), seeds=[0])
+    y_mri = operators.measure(mri, torch.rand(1, 1, 16, 16), 0.0, [0])
+    solver2 = get_solver("daps", preset="daps-100", annealing_steps=1, ode_steps=1)
+    run_sample(solver2, y, motion, prior, seeds=[0])
+    run_sample(solver2, y_mri, mri, grey, seeds=[0])  # reused on another task: back to the preset's values
+    assert (solver2.params["lr"], solver2.params["mcmc_steps"]) == (1e-4, 100)
+    plain = get_solver("daps", annealing_steps=1, ode_steps=1)  # no preset: the defaults, whatever the task
+    run_sample(plain, y, motion, prior, seeds=[0])
+    assert plain.params["lr"] == 1e-4

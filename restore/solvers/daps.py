@@ -118,21 +118,26 @@ class DAPSSolver(Solver):
     needs = frozenset()
     uses_grad = True  # autograd through nonlinear operators and latent decoders (never through the network)
     defaults = dict(_PIXEL, mcmc="langevin", mcmc_steps=100, lr=1e-4, lr_min_ratio=0.01, tau=0.01, momentum=0.9,
-                    normalise="auto")
+                    normalise="auto", mcmc_from_task=False)
     presets = {
-        "daps-1k": dict(_PIXEL, description="DAPS-1K: 200 annealing levels × 5 ODE steps = 1000 NFE, 100 Langevin "
-                                            "steps per level, lr 1e-4 (the official pixel setting)"),
+        "daps-1k": dict(_PIXEL, mcmc_from_task=True,
+                        description="DAPS-1K: 200 annealing levels × 5 ODE steps = 1000 NFE; the task's official "
+                                    "pixel Langevin settings (J, lr, decay), else 100 steps at lr 1e-4"),
         # the official commands run pixel priors only as DAPS-1K; DAPS-100 is their LDM step count (50 × 2)
-        "daps-100": dict(_PIXEL, annealing_steps=50, ode_steps=2,
+        "daps-100": dict(_PIXEL, annealing_steps=50, ode_steps=2, mcmc_from_task=True,
                          description="DAPS-100: 50 annealing levels × 2 ODE steps = 100 NFE (the step counts of "
-                                     "the official LatentDAPS-100 commands) on the pixel schedule, 100 Langevin "
-                                     "steps per level"),
+                                     "the official LatentDAPS-100 commands) on the pixel schedule; the task's "
+                                     "official pixel Langevin settings, else 100 steps at lr 1e-4"),
         **_task_presets(),
     }
 
     def __init__(self, preset=None, **overrides):
         super().__init__(preset, **overrides)
         p = self.params
+        # mcmc_from_task (DAPS-1K / DAPS-100): the MCMC settings come from the operator's task at sampling time,
+        # as the official configs pair every step count with the task's settings; explicit overrides win
+        self._explicit = {k for k, v in overrides.items() if v is not None}
+        self._base_mcmc = {k: p[k] for k in ("mcmc_steps", "lr", "lr_min_ratio")}
         if p["mcmc"] not in ("langevin", "hmc"):
             raise SolverError(f"daps: mcmc must be 'langevin' or 'hmc', got '{p['mcmc']}'.")
         if p["annealing_steps"] < 1 or p["ode_steps"] < 1 or p["mcmc_steps"] < 0:
@@ -149,6 +154,10 @@ class DAPSSolver(Solver):
     def sample(self, y, op, prior, gens, progress=None):
         p = self.params
         latent = bool(getattr(prior.card, "latent", False))
+        if p["mcmc_from_task"] and not latent and p["mcmc"] == "langevin":
+            task = _TASKS.get(task_of(op.spec))
+            chosen = dict(zip(("mcmc_steps", "lr", "lr_min_ratio"), task[0])) if task else self._base_mcmc
+            p.update({k: v for k, v in chosen.items() if k not in self._explicit})  # the sidecar shows them
         N, M, J = p["annealing_steps"], p["ode_steps"], p["mcmc_steps"]
         s = residual_scale(op)
         grad_fn, c = self._data_gradient(y, op, prior, s, latent)
