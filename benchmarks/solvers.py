@@ -767,12 +767,17 @@ def _fmt(mean: float, std: float, fmt: str) -> str:
 
 
 def quality_tables(rows: list[dict]) -> tuple[list[str], dict]:
-    """Markdown tables per task (mean ± std, best in bold) and the summary {task: {solver: {...}}}."""
-    relabelled = [dict(r, operator=r["task"], solver=r["solver"]) for r in rows]
+    """Markdown tables per task (mean ± std, best in bold) and the summary {task: {solver: {...}}}. The latent group
+    (its own, smaller subset of the faces) gets its own tables, "TASK (latent)", with its own pinv rows."""
+    def key(r: dict) -> str:
+        return f"{r['task']} (latent)" if r.get("group") == "latent" else r["task"]
+
+    rows = [dict(r, task_key=key(r)) for r in rows]
+    relabelled = [dict(r, operator=r["task_key"], solver=r["solver"]) for r in rows]
     summary = summarise(relabelled)
     lines: list[str] = []
     for task, per_solver in summary.items():
-        mine = [r for r in rows if r["task"] == task]
+        mine = [r for r in rows if r["task_key"] == task]
         spec = mine[0]["spec"]
         lines += [f"#### {task} — `{spec}`", ""]
         lines += ["| solver | preset | prior | n | PSNR ↑ | SSIM ↑ | LPIPS ↓ | s/img | NFE |",
