@@ -1073,24 +1073,14 @@ def combine(paths: list[str]) -> dict:
     merged["gpu"] = next((r["gpu"] for r in results if r.get("gpu") and not r["gpu"].get("skipped_reason")),
                          results[0].get("gpu", {}))
     md, summary = quality_tables(merged["rows"])
-    merged.update(quality_markdown=md, summary={task: {s: {m: list(v) if isinstance(v, tuple) else v
-                                                           for m, v in d.items()} for s, d in per.items()}
-                                                for task, per in summary.items()})
+    merged.update(quality_markdown=md, summary=summary_lists(summary))
     return merged
 
 
 def main(argv: list[str] | None = None, log=print) -> dict:
     args = build_parser().parse_args(argv)
     if args.combine:
-        result = combine(args.combine)
-        if args.markdown:
-            update_markdown(Path(args.markdown), results_markdown(result))
-            log(f"wrote the results section of {args.markdown}")
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(_clean(result), indent=1, ensure_ascii=False) + "\n")
-            log(f"wrote {args.json}")
-        return result
+        return write_outputs(combine(args.combine), args, log)
     torch.set_num_threads(max(1, args.threads))
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -1190,8 +1180,18 @@ def _benchmark(args, argv, sections, presets, extra, tasks, labels, batch_sizes,
                                                 "False); run the script on a GPU machine for this section")
         log("## GPU\n\n" + "\n".join(gpu_table(result["gpu"])))
 
-    result["summary"] = {task: {s: {m: list(v) if isinstance(v, tuple) else v for m, v in d.items()}
-                                for s, d in per.items()} for task, per in result["summary"].items()}
+    result["summary"] = summary_lists(result["summary"])
+    return write_outputs(result, args, log)
+
+
+def summary_lists(summary: dict) -> dict:
+    """The quality summary with its (mean, std) tuples as lists (JSON)."""
+    return {task: {s: {m: list(v) if isinstance(v, tuple) else v for m, v in d.items()} for s, d in per.items()}
+            for task, per in summary.items()}
+
+
+def write_outputs(result: dict, args, log) -> dict:
+    """The results section of --markdown and the --json file, when asked for."""
     if args.markdown:
         update_markdown(Path(args.markdown), results_markdown(result))
         log(f"wrote the results section of {args.markdown}")
