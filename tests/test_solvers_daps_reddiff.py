@@ -136,13 +136,15 @@ def replicas(y: torch.Tensor, k: int) -> torch.Tensor:
 # DAPS on the Gaussian prior
 
 
+@pytest.mark.parametrize("closed_form", ["auto", "off"])
 @pytest.mark.parametrize("family", ["sr", "mask", "blur", "denoise"])
-def test_daps_samples_follow_their_closed_form(family):
+def test_daps_samples_follow_their_closed_form(family, closed_form):
     """K = 128 DAPS samples vs DAPS's exact output law N(a, V): K·|L⁻¹(m̂ − a)|²/N ~ χ²_N/N (mean 1, sd √(2/N) = 0.18
-    for N = 64) and tr(L⁻¹ĈL⁻ᵀ)/N has mean 1 and sd ≈ √(2/(N(K−1))) = 0.016; bounds at ~5 sd."""
+    for N = 64) and tr(L⁻¹ĈL⁻ᵀ)/N has mean 1 and sd ≈ √(2/(N(K−1))) = 0.016; bounds at ~5 sd. Both ways of running
+    the Langevin steps: drawn in closed form in the SVD basis ("auto" here) and iterated one by one ("off")."""
     k = 128
     prior, op, _, y = gaussian_problem(SPECS[family], sigma_y=SIGMA_Y)
-    solver = get_solver("daps", **DAPS_TEST)
+    solver = get_solver("daps", closed_form=closed_form, **DAPS_TEST)
     a, v = daps_moments(prior, op, y, solver.params)
     out = run_sample(solver, replicas(y, k), op, prior, seeds=range(k)).double().reshape(k, -1).numpy()
     mean_stat, var_stat, _ = whitened(out.mean(0), np.cov(out.T), a, v)
@@ -159,6 +161,69 @@ def test_daps_hmc_samples_follow_their_closed_form():
     mean_stat, var_stat, _ = whitened(out.mean(0), np.cov(out.T), a, v)
     assert 0.3 < k * mean_stat < 2.0, k * mean_stat
     assert abs(var_stat - 1) < 0.09, var_stat
+
+
+LANGEVIN_SPECS = dict(SPECS, mri="mri:accel=4,center=0.25,pattern=random",
+                      blur_sep="blur:kind=gaussian,size=5,std=1.0", sr4="sr:factor=4,kernel=bicubic")
+
+
+@pytest.mark.parametrize("sigma,eta,steps", [(100.0, 1e-4, 100), (0.5, 1e-2, 20), (0.1, 5e-3, 7), (0.3, 0.04, 5)])
+@pytest.mark.parametrize("family", list(LANGEVIN_SPECS))
+def test_closed_form_langevin_matches_the_j_step_recursion(family, sigma, eta, steps):
+    """The law SpectralLangevin draws from vs the J-step chain x ← x + η((x̂₀ − x)/σ² − a Aᵀ(Ax − ỹ)) + √(2η)ε
+    propagated densely in float64 from x = x̂₀ (mean: J affine steps; covariance C ← TCTᵀ + 2ηI): equal to float32
+    precision. The settings span a nearly frozen chain at σ = 100 (η/σ² = 1e-8: 1 − m must not round away), a mixed
+    one, and chains that oscillate or diverge in the observed directions (ηh > 1 or > 2: m < 0, |m| > 1), where the
+    closed form must do what the iteration does."""
+    from operators.seeding import generators
+    from restore.solvers.daps import SpectralLangevin
+
+    shape = (1, 8, 8)
+    op = operators.build(LANGEVIN_SPECS[family], shape, seeds=[3])
+    n = math.prod(shape)
+    a_mat, _ = dense_matrix(op)
+    g = torch.Generator().manual_seed(1)
+    x0hat = torch.randn((1, *shape), generator=g, dtype=torch.float64)
+    y_pm1 = op.A(torch.randn((1, *shape), generator=g))
+    a = 2.0 / 0.05**2
+    spectral = SpectralLangevin(op, y_pm1, torch.tensor([a]))
+    keep, towards, std = spectral.law(sigma, eta, steps)
+    mean = op.V(op.Vt(x0hat.float()) * keep + spectral.aty * towards).double().reshape(-1).numpy()
+    cov = np.stack([op.V(std**2 * op.Vt(e.reshape(1, *shape))).double().reshape(-1).numpy()
+                    for e in torch.eye(n)], axis=1)
+    # the dense chain (AᵀA from the dense operator: [Re; Im] rows for complex measurements give Re⟨·,·⟩)
+    aty = op.A_adjoint(y_pm1).double().reshape(-1).numpy()
+    hess = np.eye(n) / sigma**2 + a * a_mat.T @ a_mat
+    t_mat = np.eye(n) - eta * hess
+    b = x0hat.reshape(-1).numpy() / sigma**2 + a * aty
+    m_ref, c_ref = x0hat.reshape(-1).numpy(), np.zeros((n, n))
+    for _ in range(steps):
+        m_ref, c_ref = t_mat @ m_ref + eta * b, t_mat @ c_ref @ t_mat.T + 2 * eta * np.eye(n)
+    scale = max(1.0, float(np.abs(m_ref).max()))
+    assert np.abs(mean - m_ref).max() < 2e-5 * scale, np.abs(mean - m_ref).max()
+    assert np.abs(cov - c_ref).max() < 2e-5 * max(1.0, float(np.abs(c_ref).max())), np.abs(cov - c_ref).max()
+    # one draw: x̂₀ → V(keep Vᴴx̂₀ + … + std Vᴴε) is real and finite, and with J = 1 it is the Langevin step itself
+    gens = generators([0], "t")
+    x = spectral.sample(x0hat.float(), sigma, eta, steps, gens)
+    assert not x.is_complex() and bool(torch.isfinite(x).all())
+
+
+def test_closed_form_langevin_one_step_is_the_langevin_step():
+    """J = 1: the closed form computes x̂₀ + η·score(x̂₀) + √(2η)ε with the same ε as the iterated step."""
+    prior, op, _, y = gaussian_problem(SPECS["sr"], sigma_y=SIGMA_Y)
+    params = dict(annealing_steps=4, ode_steps=1, mcmc_steps=1, lr=1e-3)
+    on = run_sample(get_solver("daps", closed_form="on", **params), y, op, prior, seeds=[5])
+    off = run_sample(get_solver("daps", closed_form="off", **params), y, op, prior, seeds=[5])
+    assert torch.allclose(on, off, atol=2e-5), (on - off).abs().max()
+
+
+def test_closed_form_on_refuses_what_it_cannot_draw():
+    prior, op, _, y = smoke_problem("blur-motion")
+    with pytest.raises(SolverError, match="closed_form=on needs .* has no SVD; use closed_form=auto or off"):
+        run_sample(get_solver("daps", closed_form="on", annealing_steps=1, ode_steps=1, mcmc_steps=2), y, op, prior,
+                   seeds=[0])
+    with pytest.raises(SolverError, match="closed_form must be one of auto, on, off"):
+        get_solver("daps", closed_form="yes")
 
 
 @pytest.mark.parametrize("family", ["sr", "phase", "hdr"])
@@ -331,10 +396,14 @@ def test_solve_counts_network_evaluations(name, nfe):
 
 def test_daps_step_counts_and_schedule():
     """NFE = N·M; the annealing levels are the first N of N+1 poly-7 points (σ_min itself is not visited); the
-    Langevin loop costs one A and one Aᵀ per step for a linear operator (plus one A(1) for ỹ = 2y − A(1))."""
+    Langevin loop costs one A and one Aᵀ per step for a linear operator (plus one A(1) for ỹ = 2y − A(1)); drawn in
+    closed form it costs Vᴴx̂₀, Vᴴε and V per level (plus A(1), Aᵀỹ and its Vᴴ once)."""
     prior, op, _, y = smoke_problem("mask-random")
-    result = solve(get_solver("daps", annealing_steps=3, ode_steps=2, mcmc_steps=4), y, op, prior, seeds=[0])
+    params = dict(annealing_steps=3, ode_steps=2, mcmc_steps=4)
+    result = solve(get_solver("daps", closed_form="off", **params), y, op, prior, seeds=[0])
     assert result.cost.nfe == 6 and result.cost.operator_evals == 3 * 4 * 2 + 1
+    result = solve(get_solver("daps", **params), y, op, prior, seeds=[0])
+    assert result.cost.nfe == 6 and result.cost.operator_evals == 3 * 3 + 3
     grid = poly_sigmas(100.0, 0.1, 201)
     assert grid[0] == pytest.approx(100.0) and grid[-1] == pytest.approx(0.1) and grid[-2] > 0.1
     assert all(a > b for a, b in zip(grid, grid[1:]))

@@ -31,8 +31,29 @@ noise in latent space, and the data term through the decoder, ‖s·(A((Dec(z)+1
 ``LatentWrapper.gradient`` its latent gradient is clipped to [−1, 1] element-wise before the 1/τ². The output is
 Dec(z₀).
 
+Closed-form Langevin (``closed_form``, default "auto"; our speed-up, the same law). For a linear operator the J
+Langevin steps of a level are an affine map plus Gaussian noise: with H = I/σ_k² + a·AᵀA (a = (s²/2)/τ², times
+1/‖AᵀA‖ when normalised) and b = x̂₀/σ_k² + a·Aᵀỹ, each step is x ← (I − ηH)x + ηb + √(2η)ε, so from x = x̂₀
+
+    x_J ~ N( T^J x̂₀ + (I − T^J) H⁻¹ b,   2η Σ_{j<J} T^{2j} ),    T = I − ηH.
+
+When A has an SVD (A = U diag(s) Vᴴ, V orthonormal: inpainting, SR, separable or circular blur, single-coil MRI), H
+is diagonal in V's basis with entries h = 1/σ_k² + a·s², and the law is drawn exactly with two transforms and one
+noise draw per level instead of J steps (2J operator evaluations and J noise draws): in coefficients c = Vᴴx,
+
+    c_J = m^J ĉ₀ + (1 − m^J) b̂/h + √q · Vᴴε,   m = 1 − ηh,  q = 2η Σ_{j<J} m^{2j} = 2η (1 − m^{2J})/(1 − m²),
+
+computed in float64 (expm1/log1p where ηh is tiny: at σ = 100, η/σ² ≈ 1e-8). The output has exactly the law of the
+J-step chain the official code runs — the same mean, the same covariance, including the discretisation bias of a
+finite η and the unfinished mixing of a finite J — but a different draw for a given seed. "off" runs the J steps
+(the official loop, also used for HMC, nonlinear operators, operators without an SVD and latent priors); "on"
+refuses a combination the closed form cannot handle. With J = 1 both paths compute the same number.
+(``tests/test_solvers_daps_reddiff.py`` compares the closed form's mean and covariance with the dense J-step
+recursion, and the samples of both paths with DAPS's exact output law.)
+
 Cost: N·M network evaluations (no backprop through the network); N·J data-gradient evaluations, each one A and one
-Aᵀ for a linear operator (autograd through A — and the decoder for latent priors — otherwise).
+Aᵀ for a linear operator (autograd through A — and the decoder for latent priors — otherwise); with the closed form
+3 transforms per level instead.
 
 Accuracy (``tests/test_solvers_daps_reddiff.py``): with an exact Gaussian denoiser, a linear operator and τ matched
 to the noise, DAPS's output law is Gaussian and known in closed form, and our samples follow it. Against the exact
@@ -58,6 +79,8 @@ from torch import Tensor
 
 from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, randn_like_per_image, task_of,
                    to01)
+
+CLOSED_FORM = ("auto", "on", "off")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the official per-task MCMC settings (``configs/task/*.yaml``): J, lr, lr_min_ratio, momentum, per task group.
@@ -118,7 +141,7 @@ class DAPSSolver(Solver):
     needs = frozenset()
     uses_grad = True  # autograd through nonlinear operators and latent decoders (never through the network)
     defaults = dict(_PIXEL, mcmc="langevin", mcmc_steps=100, lr=1e-4, lr_min_ratio=0.01, tau=0.01, momentum=0.9,
-                    normalise="auto", mcmc_from_task=False)
+                    normalise="auto", mcmc_from_task=False, closed_form="auto")
     presets = {
         "daps-1k": dict(_PIXEL, mcmc_from_task=True,
                         description="DAPS-1K: 200 annealing levels × 5 ODE steps = 1000 NFE; the task's official "
@@ -149,6 +172,8 @@ class DAPSSolver(Solver):
             raise SolverError("daps: lr and tau must be positive and momentum in [0, 1).")
         if p["normalise"] not in NORMALISE:
             raise SolverError(f"daps: normalise must be one of {', '.join(NORMALISE)}, got '{p['normalise']}'.")
+        if p["closed_form"] not in CLOSED_FORM:
+            raise SolverError(f"daps: closed_form must be one of {', '.join(CLOSED_FORM)}, got '{p['closed_form']}'.")
 
     # ----------------------------------------------------------------------------------------------------------------
     def sample(self, y, op, prior, gens, progress=None):
@@ -160,12 +185,20 @@ class DAPSSolver(Solver):
             p.update({k: v for k, v in chosen.items() if k not in self._explicit})  # the sidecar shows them
         N, M, J = p["annealing_steps"], p["ode_steps"], p["mcmc_steps"]
         s = residual_scale(op)
-        grad_fn, c = self._data_gradient(y, op, prior, s, latent)
-        if not latent:  # CT: the normalised operator A/‖A‖ (data_term_scale), so lr keeps its unit-scale meaning
-            kappa = data_term_scale(op, y.shape[0], y.device, p["normalise"])
-            data_grad = ((lambda x: grad_fn(x).mul_(kappa)) if bool((kappa != 1).any()) else grad_fn), c
+        why_not = closed_form_refusal(op, latent, p["mcmc"])
+        if p["closed_form"] == "on" and why_not:
+            raise SolverError(f"daps: closed_form=on needs a linear operator with an SVD, a pixel prior and Langevin "
+                              f"steps, but {why_not}; use closed_form=auto or off.")
+        spectral = data_grad = None
+        # CT: the normalised operator A/‖A‖ (data_term_scale), so lr keeps its unit-scale meaning
+        kappa = None if latent else data_term_scale(op, y.shape[0], y.device, p["normalise"])
+        if p["closed_form"] != "off" and not why_not:
+            # the J steps of a level drawn at once (same law): a = c·κ/τ² with c = s²/2 as in _data_gradient
+            spectral = SpectralLangevin(op, measurement_pm1(y, op), (s * s / 2) * kappa.reshape(-1) / p["tau"] ** 2)
         else:
-            data_grad = grad_fn, c
+            grad_fn, c = self._data_gradient(y, op, prior, s, latent)
+            scaled = kappa is not None and bool((kappa != 1).any())
+            data_grad = ((lambda x: grad_fn(x).mul_(kappa)) if scaled else grad_fn), c
 
         # the annealing grid: N+1 poly-7 points, the first N kept, then 0 (EDMScheduler.discretize)
         sigmas = poly_sigmas(p["sigma_max"], p["sigma_min"], N + 1)[:N] + [0.0]
@@ -180,7 +213,10 @@ class DAPSSolver(Solver):
             # 2. MCMC on p(x₀ | x_t, y) with the Gaussian approximation p(x₀ | x_t) ≈ N(x̂₀, σ_k² I);
             #    the step size decays linearly to lr·lr_min_ratio: η_k = lr·(1 + k/(N+1)·(lr_min_ratio − 1))
             eta = p["lr"] * (1 + k / (N + 1) * (p["lr_min_ratio"] - 1))
-            x0 = self._mcmc(x0hat, sigma, eta, J, data_grad, gens)
+            if spectral is not None:
+                x0 = spectral.sample(x0hat, sigma, eta, J, gens)
+            else:
+                x0 = self._mcmc(x0hat, sigma, eta, J, data_grad, gens)
             # 3. forward diffusion to the next level: x_{k+1} = x₀ + σ_{k+1}·n   (σ_N = 0: the output is x₀)
             x = x0 + sigmas[k + 1] * randn_like_per_image(x0, gens) if sigmas[k + 1] > 0 else x0
             if progress:
@@ -264,3 +300,64 @@ class DAPSSolver(Solver):
                 (g,) = torch.autograd.grad((s * s) * r.square().sum(), xr)
             return g.clamp_(-1.0, 1.0) if latent else g
         return grad_autograd, 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# closed-form Langevin (see the module docstring)
+
+
+def closed_form_refusal(op, latent: bool, mcmc: str) -> str | None:
+    """Why the J Langevin steps cannot be drawn in closed form (None when they can)."""
+    if mcmc != "langevin":
+        return "the MCMC is HMC"
+    if latent:
+        return "the prior is latent (the data term goes through the decoder)"
+    if not op.linear:
+        return f"operator '{op.spec.family}' is not linear"
+    if not getattr(op, "has_svd", False):
+        return f"operator '{op.spec}' has no SVD"
+    if op.image_dtype.is_complex:
+        return "the images are complex"
+    return None
+
+
+def langevin_law(h: Tensor, eta: float, steps: int) -> tuple[Tensor, Tensor]:
+    """For the scalar chain c ← m·c + η·b + √(2η)·ε, m = 1 − η·h (h > 0, float64), after J = ``steps`` steps:
+    (m^J, q) with c_J ~ N(m^J c₀ + (1 − m^J)·b/h, q), q = 2η Σ_{j<J} m^{2j}. Accurate for tiny η·h (log1p/expm1:
+    1 − m is not rounded away) and correct for η·h ≥ 1 (m ≤ 0: an oscillating or, past η·h = 2, diverging chain, as
+    the iteration would)."""
+    eh = eta * h
+    small = eh < 1
+    log_abs_m = torch.where(small, torch.log1p(-eh), torch.log((1 - eh).abs()))   # log|m| (−inf at m = 0)
+    m_j = torch.where(small, torch.exp(steps * log_abs_m), (1 - eh) ** steps)
+    two_l = 2 * log_abs_m                                       # log m²
+    den = -torch.expm1(two_l)                                   # 1 − m²  (0 at |m| = 1)
+    geo = torch.where(den != 0, -torch.expm1(steps * two_l) / torch.where(den != 0, den, 1.0),
+                      torch.full_like(den, float(steps)))       # Σ_{j<J} m^{2j}
+    return m_j, 2 * eta * geo
+
+
+class SpectralLangevin:
+    """J Langevin steps on the density with score (x̂₀ − x)/σ² − a·Aᵀ(A x − ỹ), drawn in closed form in the SVD
+    basis of A (the module docstring has the derivation). ``a_data`` (B,): the data weight a per image (c·κ/τ²)."""
+
+    def __init__(self, op, y_pm1: Tensor, a_data: Tensor):
+        self.op = op
+        lam = op.singulars().double().abs() ** 2                # s² per coefficient, (B|1, *spectral)
+        self.aty = op.Vt(op.A_adjoint(y_pm1))                    # Vᴴ Aᵀ ỹ
+        shape = (-1,) + (1,) * (self.aty.dim() - 1)
+        self.a_lam = a_data.double().reshape(shape) * lam        # a·s², (B, *spectral)
+        self.a = a_data.double().reshape(shape)
+
+    def law(self, sigma: float, eta: float, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(keep, towards, std), float32 per coefficient: x_J = V(keep·Vᴴx̂₀ + towards·VᴴAᵀỹ + std·Vᴴε)."""
+        h = 1.0 / sigma**2 + self.a_lam                          # H's eigenvalues
+        m_j, q = langevin_law(h, eta, steps)
+        pull = (1 - m_j) / h                                     # (1 − m^J)/h, the weight of b
+        keep = m_j + pull / sigma**2                             # m^J + (1 − m^J)/(σ²h)
+        return keep.float(), (pull * self.a).float(), q.sqrt().float()
+
+    def sample(self, x0hat: Tensor, sigma: float, eta: float, steps: int, gens) -> Tensor:
+        keep, towards, std = self.law(sigma, eta, steps)
+        noise = self.op.Vt(randn_like_per_image(x0hat, gens))
+        return self.op.V(self.op.Vt(x0hat) * keep + self.aty * towards + std * noise)
