@@ -328,3 +328,65 @@ def test_ddim_timesteps_stay_inside_the_schedule_for_any_step_count():
     for steps in (3, 7, 30, 333, 499):
         ts = ddim_timesteps(1000, steps)
         assert max(ts) <= 999 and ts == sorted(set(ts))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the inner optimiser
+
+
+@pytest.mark.parametrize("family", ["sr", "blur", "blur-motion", "mask-random", "denoise", "mri", "ct"])
+def test_explicit_pixel_gradient_is_autograd_s(family):
+    """The pixel-space fit's loss and gradient without autograd (−(2/n)·Aᵀ(ỹ − A x)) equal autograd's through the
+    [-1, 1] residual 2(y − A((x+1)/2)), for every linear family (complex MRI measurements included)."""
+    from restore.solvers.resample import _Data
+
+    prior, op, _, y = smoke_problem(family, sigma_y=SIGMA)
+    data = _Data(y, op, prior)
+    x = torch.randn((1, *op.image_shape), generator=torch.Generator().manual_seed(2))
+    loss, grad = data.explicit_grad(x)
+    xr = x.clone().requires_grad_(True)
+    ref = data.mse(xr)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    assert torch.allclose(loss, ref.detach(), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-6 * float(ref_grad.abs().max())), \
+        (grad - ref_grad).abs().max()
+
+
+def test_adamw_minimise_is_torch_adamw_per_image():
+    """The batched AdamW with per-image stopping (in place while every image runs, masked once some have stopped)
+    against torch.optim.AdamW run on each image alone with the same stopping rule, explicit and autograd gradients."""
+    from restore.solvers.resample import adamw_minimise
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(3, 1, 4, 4, generator=g)
+    start = torch.randn(3, 1, 4, 4, generator=g)
+    weights = torch.tensor([1.0, 3.0, 0.3]).reshape(3, 1, 1, 1)
+    tol = torch.tensor([1e-9, 2.0, 0.1])           # image 0 runs to the cap; 1 and 2 stop early, at different times
+
+    def loss_fn(x):
+        return (weights * (x - target) ** 2).reshape(3, -1).mean(1)
+
+    def loss_and_grad(x):
+        return loss_fn(x), 2 * weights * (x - target) / 16
+
+    ours_explicit, n1 = adamw_minimise(start, loss_fn, 0.05, 60, 0.01, tol, loss_and_grad=loss_and_grad)
+    ours_autograd, n2 = adamw_minimise(start, loss_fn, 0.05, 60, 0.01, tol)
+    assert n1 == n2 == 60
+    stops = []
+    for b in range(3):
+        var = start[b:b + 1].clone().requires_grad_(True)
+        opt = torch.optim.AdamW([var], lr=0.05, weight_decay=0.01)
+        stopped_at = None
+        for itr in range(60):
+            opt.zero_grad()
+            loss = (weights[b] * (var - target[b]) ** 2).mean()
+            loss.backward()
+            opt.step()
+            if loss.item() < float(tol[b]):
+                stopped_at = itr
+                break
+        assert (stopped_at is None) == (b == 0)
+        stops.append(stopped_at)
+        assert torch.allclose(ours_explicit[b], var.detach()[0], atol=1e-6), b
+        assert torch.allclose(ours_autograd[b], var.detach()[0], atol=1e-6), b
+    assert stops[1] != stops[2], stops   # the masked update ran while other images were still moving

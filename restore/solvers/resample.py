@@ -96,7 +96,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, batch_norm, randn_like_per_image, to01
+from .base import Solver, SolverError, batch_norm, measurement_pm1, randn_like_per_image, to01
 from .dps import alphas_cumprod64
 
 _BOOLS = ("official_tweedie_quirk", "official_lookahead_offset", "noise_stop")
@@ -143,37 +143,49 @@ def x0_estimates(z: Tensor, eps: Tensor, a_t: float, quirk: bool = False) -> tup
 
 
 def adamw_minimise(var: Tensor, loss_fn: Callable[[Tensor], Tensor], lr: float, iters: int, weight_decay: float,
-                   tol: Tensor, window: int = 0, betas=(0.9, 0.999), eps: float = 1e-8) -> tuple[Tensor, int]:
+                   tol: Tensor, window: int = 0, betas=(0.9, 0.999), eps: float = 1e-8,
+                   loss_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, int]:
     """AdamW (PyTorch's update, written out on the batch) on the per-image losses ``loss_fn(var)`` → (B,).
 
     Each image stops on its own, after the step of iteration ``itr``, when its loss (before that step) is below
     ``tol[b]``, or — with ``window`` > 0, from iteration ``window`` on — larger than its loss ``window`` iterations
-    earlier (the official sliding-window plateau test). A stopped image keeps its value. Returns (var, iterations
-    run)."""
+    earlier (the official sliding-window plateau test). A stopped image keeps its value. ``loss_and_grad`` (optional)
+    returns the losses and their gradient without autograd (a linear operator's explicit adjoint); otherwise the
+    gradient is autograd's. Returns (var, iterations run)."""
     b1, b2 = betas
     x = var.detach().clone()
     m = torch.zeros_like(x)
     v = torch.zeros_like(x)
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    all_active = True
     shape = (-1,) + (1,) * (x.dim() - 1)
     history: list[Tensor] = []
     done = 0
     for itr in range(iters):
-        xg = x.requires_grad_(True)
-        loss = loss_fn(xg)
-        (g,) = torch.autograd.grad(loss.sum(), xg)
-        with torch.no_grad():
+        if loss_and_grad is not None:
+            loss, g = loss_and_grad(x)
+        else:
+            xg = x.requires_grad_(True)
+            loss = loss_fn(xg)
+            (g,) = torch.autograd.grad(loss.sum(), xg)
             x = xg.detach()
+        with torch.no_grad():
             step = itr + 1
             # m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  x ← x(1 − lr·wd) − lr/(1−β1ˢ) · m/(√v/√(1−β2ˢ) + ε)
-            m_new = torch.lerp(m, g, 1 - b1)
-            v_new = v * b2 + (1 - b2) * g * g
-            denom = v_new.sqrt() / math.sqrt(1 - b2**step) + eps
-            x_new = x * (1 - lr * weight_decay) - (lr / (1 - b1**step)) * m_new / denom
-            keep = active.reshape(shape)
-            x = torch.where(keep, x_new, x)
-            m = torch.where(keep, m_new, m)
-            v = torch.where(keep, v_new, v)
+            if all_active:   # in place (the usual case: every image still running)
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = v.sqrt().div_(math.sqrt(1 - b2**step)).add_(eps)
+                x.mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-lr / (1 - b1**step))
+            else:            # stopped images keep their values (and their moments)
+                m_new = torch.lerp(m, g, 1 - b1)
+                v_new = v * b2 + (1 - b2) * g * g
+                denom = v_new.sqrt() / math.sqrt(1 - b2**step) + eps
+                x_new = x * (1 - lr * weight_decay) - (lr / (1 - b1**step)) * m_new / denom
+                keep = active.reshape(shape)
+                x = torch.where(keep, x_new, x)
+                m = torch.where(keep, m_new, m)
+                v = torch.where(keep, v_new, v)
             cur = loss.detach()
             stop = cur < tol
             if window > 0:
@@ -182,8 +194,10 @@ def adamw_minimise(var: Tensor, loss_fn: Callable[[Tensor], Tensor], lr: float, 
                     stop = stop | (history[itr - window] < cur)
             active = active & ~stop
         done = itr + 1
-        if not bool(active.any()):
+        n_active = int(active.sum())
+        if n_active == 0:
             break
+        all_active = n_active == x.shape[0]
     return x.detach(), done
 
 
@@ -292,7 +306,7 @@ class ReSample(Solver):
                     with torch.no_grad():
                         x_start = prior.decode(z0)
                     x_hat, _ = adamw_minimise(x_start, data.mse, float(p["pixel_lr"]), int(p["pixel_iters"]),
-                                              float(p["weight_decay"]), tol)
+                                              float(p["weight_decay"]), tol, loss_and_grad=data.explicit_grad)
                     with torch.no_grad():
                         z0_y = prior.encode(x_hat)
                 else:
@@ -353,6 +367,10 @@ class _Data:
 
     def __init__(self, y: Tensor, op, prior):
         self.y, self.op, self.prior = y, op, prior
+        self.explicit_grad = None
+        if op.linear and hasattr(op, "A_adjoint"):
+            self.y_pm1 = measurement_pm1(y, op)       # ỹ = 2y − A(1): the residual is ỹ − A x
+            self.explicit_grad = self.mse_and_grad
 
     def residual(self, x: Tensor) -> Tensor:
         return 2.0 * (self.y - self.op.A(to01(x)))
@@ -361,6 +379,16 @@ class _Data:
         r = self.residual(x)
         r = torch.view_as_real(r) if r.is_complex() else r
         return r.pow(2).reshape(r.shape[0], -1).mean(dim=1)
+
+    def mse_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """For a linear A: the MSE of r = ỹ − A x over the n real measurement entries and its gradient
+        −(2/n)·Aᵀr (Re Aᴴr for complex measurements: ``A_adjoint``), one A and one Aᵀ without autograd."""
+        with torch.no_grad():
+            r = self.y_pm1 - self.op.A(x)
+            rr = torch.view_as_real(r) if r.is_complex() else r
+            flat = rr.reshape(rr.shape[0], -1)
+            n = flat.shape[1]
+            return flat.square().mean(dim=1), self.op.A_adjoint(r) * (-2.0 / n)
 
 
 def _data_fraction(op, y: Tensor) -> Tensor:
