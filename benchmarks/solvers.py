@@ -1039,7 +1039,8 @@ def parse_limits(text: str) -> dict[str, int]:
 def combine(paths: list[str]) -> dict:
     """One result from the --json files of several runs (e.g. the face group on one core and the other groups on
     the other): rows, overhead, throughput, skipped and priors are concatenated (a solver × task that a later file
-    ran again replaces the earlier file's rows and timings); the configuration is the first
+    ran again replaces the earlier file's rows and timings, a solver's throughput measured again likewise); the
+    configuration is the first
     run's, with the union of the solvers, tasks and sections; the commands and machines of all runs are kept."""
     results = [json.loads(Path(p).read_text()) for p in paths]
     merged = dict(results[0])
@@ -1055,6 +1056,10 @@ def combine(paths: list[str]) -> dict:
                       if last[(row["group"], row["task"], row["solver"])] == i]
     merged["overhead"] = [o for i, r in enumerate(results) for o in r.get("overhead", [])
                           if last.get((o["group"], o["task"], o["solver"]), i) == i]
+    # likewise a solver's throughput on a group: the last run that measured it
+    last_tp = {(t["group"], t["solver"]): i for i, r in enumerate(results) for t in r.get("throughput", [])}
+    merged["throughput"] = [t for i, r in enumerate(results) for t in r.get("throughput", [])
+                            if last_tp[(t["group"], t["solver"])] == i]
     seen, priors = set(), []
     for p in merged["priors"]:  # a group that one run skipped and another ran is shown once, as run
         if p.get("available") or not any(q.get("available") and q["group"] == p["group"] for q in merged["priors"]):

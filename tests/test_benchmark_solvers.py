@@ -145,7 +145,7 @@ def test_runs_side_by_side_combine_into_one_report(bs, tmp_path, monkeypatch):
     prior = _tiny_prior_file(tmp_path / "prior")
     common = ["--data", str(data), "--solvers", "ddnm", "--presets", "fast", "--steps-override", "1",
               "--latent-prior", "none", "--ct-prior", "none", "--bare-repeats", "1", "--bare-seconds", "0",
-              "--sections", "quality", "--threads", "1"]
+              "--sections", "quality,throughput", "--batch-sizes", "1", "--throughput-steps", "1", "--threads", "1"]
     a = bs.main(common + ["--prior", str(prior), "--mri-prior", "none", "--tasks", "sr2", "--limits", "faces=1",
                           "--out", str(tmp_path / "a"), "--json", str(tmp_path / "a.json")], log=lambda m: None)
     b = bs.main(common + ["--prior", "none", "--mri-prior", "none", "--tasks", "inpaint-random", "--limit", "2",
@@ -162,6 +162,7 @@ def test_runs_side_by_side_combine_into_one_report(bs, tmp_path, monkeypatch):
     # a run repeated later replaces the earlier rows of the same solver × task instead of adding to them
     again = bs.main(["--combine", str(tmp_path / "a.json"), str(tmp_path / "a.json")], log=lambda m: None)
     assert len(again["rows"]) == len(a["rows"]) and len(again["overhead"]) == len(a["overhead"])
+    assert len(a["throughput"]) == 1 and len(again["throughput"]) == 1   # ddnm's throughput once, not twice
     with pytest.raises(SystemExit, match="--limits"):
         bs.main(["--limits", "faces=x"])
 

@@ -352,6 +352,25 @@ def test_explicit_pixel_gradient_is_autograd_s(family):
         (grad - ref_grad).abs().max()
 
 
+@pytest.mark.parametrize("family", ["sr", "blur-motion", "mask-random"])
+def test_explicit_latent_gradient_is_autograd_s(family):
+    """Through the decoder: autograd only through D with the explicit image gradient equals autograd through D, A
+    and the loss."""
+    from restore.solvers.resample import _Data
+
+    prior = tiny_latent_prior()
+    _, op, _, y = smoke_problem(family, sigma_y=SIGMA)
+    z = torch.randn((2, *prior.latent_shape(op.image_shape[1:])), generator=torch.Generator().manual_seed(4))
+    y2 = y.expand(2, *y.shape[1:])
+    data = _Data(y2, op, prior)
+    loss, grad = data.decoded_explicit_grad(z)
+    zr = z.clone().requires_grad_(True)
+    ref = data.mse(prior.decode(zr))
+    (ref_grad,) = torch.autograd.grad(ref.sum(), zr)
+    assert torch.allclose(loss, ref.detach(), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-6 * float(ref_grad.abs().max()))
+
+
 def test_adamw_minimise_is_torch_adamw_per_image():
     """The batched AdamW with per-image stopping (in place while every image runs, masked once some have stopped)
     against torch.optim.AdamW run on each image alone with the same stopping rule, explicit and autograd gradients."""

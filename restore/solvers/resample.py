@@ -341,7 +341,8 @@ class ReSample(Solver):
     def _latent_opt(self, z0: Tensor, data: "_Data", tol: Tensor) -> Tensor:
         p = self.params
         z, _ = adamw_minimise(z0, lambda z: data.mse(data.prior.decode(z)), float(p["latent_lr"]),
-                              int(p["latent_iters"]), float(p["weight_decay"]), tol, window=int(p["window"]))
+                              int(p["latent_iters"]), float(p["weight_decay"]), tol, window=int(p["window"]),
+                              loss_and_grad=data.decoded_explicit_grad)
         return z
 
     def _tolerance(self, y: Tensor, op) -> Tensor:
@@ -367,10 +368,10 @@ class _Data:
 
     def __init__(self, y: Tensor, op, prior):
         self.y, self.op, self.prior = y, op, prior
-        self.explicit_grad = None
+        self.explicit_grad = self.decoded_explicit_grad = None
         if op.linear and hasattr(op, "A_adjoint"):
             self.y_pm1 = measurement_pm1(y, op)       # ỹ = 2y − A(1): the residual is ỹ − A x
-            self.explicit_grad = self.mse_and_grad
+            self.explicit_grad, self.decoded_explicit_grad = self.mse_and_grad, self.decoded_mse_and_grad
 
     def residual(self, x: Tensor) -> Tensor:
         return 2.0 * (self.y - self.op.A(to01(x)))
@@ -389,6 +390,16 @@ class _Data:
             flat = rr.reshape(rr.shape[0], -1)
             n = flat.shape[1]
             return flat.square().mean(dim=1), self.op.A_adjoint(r) * (-2.0 / n)
+
+    def decoded_mse_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The same for x = D(z): autograd only through the decoder (the vector-Jacobian product of D with the
+        explicit image gradient), not through A and the loss."""
+        with torch.enable_grad():
+            zg = z.detach().requires_grad_(True)
+            x = self.prior.decode(zg)
+        loss, gx = self.mse_and_grad(x.detach())
+        (gz,) = torch.autograd.grad(x, zg, grad_outputs=gx)
+        return loss, gz
 
 
 def _data_fraction(op, y: Tensor) -> Tensor:
