@@ -74,8 +74,27 @@ class Scaled:
         return self._op.A_pinv(y / self.c)
 
 
+class ScaledSVD(Scaled):
+    """c·A with the SVD of A (singular values times c): DAPS draws its Langevin steps in closed form on it."""
+
+    has_svd = True
+
+    def singulars(self):
+        return self.c * self._op.singulars()
+
+
+def test_daps_closed_form_on_a_scaled_operator_is_the_unit_one():
+    prior, op, _, y = smoke_problem("mask-random")
+    params = dict(annealing_steps=3, ode_steps=2, mcmc_steps=5, closed_form="on")
+    plain = run_sample(get_solver("daps", **params), y, op, prior, seeds=[3])
+    scaled = run_sample(get_solver("daps", **params), 10.0 * y, ScaledSVD(op, 10.0), prior, seeds=[3])
+    assert torch.allclose(plain, scaled, atol=2e-4), float((plain - scaled).abs().max())
+
+
 @pytest.mark.parametrize("name,params", [("dps", dict(steps=6, scale=0.5)),
-                                         ("daps", dict(annealing_steps=3, ode_steps=2, mcmc_steps=5)),
+                                         # the J Langevin steps one by one on both (Scaled has no SVD)
+                                         ("daps", dict(annealing_steps=3, ode_steps=2, mcmc_steps=5,
+                                                       closed_form="off")),
                                          ("reddiff", dict(steps=6, lr=0.1))])
 def test_a_scaled_operator_gives_the_same_restoration_as_the_unit_one(name, params):
     prior, op, _, y = smoke_problem("mask-random")
