@@ -172,20 +172,15 @@ def adamw_minimise(var: Tensor, loss_fn: Callable[[Tensor], Tensor], lr: float, 
         with torch.no_grad():
             step = itr + 1
             # m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  x ← x(1 − lr·wd) − lr/(1−β1ˢ) · m/(√v/√(1−β2ˢ) + ε)
-            if all_active:   # in place (the usual case: every image still running)
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = v.sqrt().div_(math.sqrt(1 - b2**step)).add_(eps)
-                x.mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-lr / (1 - b1**step))
-            else:            # stopped images keep their values (and their moments)
-                m_new = torch.lerp(m, g, 1 - b1)
-                v_new = v * b2 + (1 - b2) * g * g
-                denom = v_new.sqrt() / math.sqrt(1 - b2**step) + eps
-                x_new = x * (1 - lr * weight_decay) - (lr / (1 - b1**step)) * m_new / denom
+            if not all_active:   # stopped images keep their values (and their moments)
+                before = (x.clone(), m.clone(), v.clone())
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = v.sqrt().div_(math.sqrt(1 - b2**step)).add_(eps)
+            x.mul_(1 - lr * weight_decay).addcdiv_(m, denom, value=-lr / (1 - b1**step))
+            if not all_active:
                 keep = active.reshape(shape)
-                x = torch.where(keep, x_new, x)
-                m = torch.where(keep, m_new, m)
-                v = torch.where(keep, v_new, v)
+                x, m, v = (torch.where(keep, new, old) for new, old in zip((x, m, v), before))
             cur = loss.detach()
             stop = cur < tol
             if window > 0:
@@ -306,7 +301,8 @@ class ReSample(Solver):
                     with torch.no_grad():
                         x_start = prior.decode(z0)
                     x_hat, _ = adamw_minimise(x_start, data.mse, float(p["pixel_lr"]), int(p["pixel_iters"]),
-                                              float(p["weight_decay"]), tol, loss_and_grad=data.explicit_grad)
+                                              float(p["weight_decay"]), tol,
+                                              loss_and_grad=data.mse_and_grad if data.linear else None)
                     with torch.no_grad():
                         z0_y = prior.encode(x_hat)
                 else:
@@ -342,7 +338,7 @@ class ReSample(Solver):
         p = self.params
         z, _ = adamw_minimise(z0, lambda z: data.mse(data.prior.decode(z)), float(p["latent_lr"]),
                               int(p["latent_iters"]), float(p["weight_decay"]), tol, window=int(p["window"]),
-                              loss_and_grad=data.decoded_explicit_grad)
+                              loss_and_grad=data.decoded_mse_and_grad if data.linear else None)
         return z
 
     def _tolerance(self, y: Tensor, op) -> Tensor:
@@ -368,10 +364,9 @@ class _Data:
 
     def __init__(self, y: Tensor, op, prior):
         self.y, self.op, self.prior = y, op, prior
-        self.explicit_grad = self.decoded_explicit_grad = None
-        if op.linear and hasattr(op, "A_adjoint"):
+        self.linear = bool(op.linear)  # the explicit gradients below need A to be linear
+        if self.linear:
             self.y_pm1 = measurement_pm1(y, op)       # ỹ = 2y − A(1): the residual is ỹ − A x
-            self.explicit_grad, self.decoded_explicit_grad = self.mse_and_grad, self.decoded_mse_and_grad
 
     def residual(self, x: Tensor) -> Tensor:
         return 2.0 * (self.y - self.op.A(to01(x)))
