@@ -28,6 +28,12 @@ Speed.
 3. GPU (only when CUDA is available): each solver's paper preset for sr4 on the FFHQ-256 architecture
    (``priors.configs.ADM_CONFIGS['ffhq_10m']``, random weights) at batch 1 and 8; two short runs (``--gpu-steps``)
    give time = setup + per-step × steps, extrapolated to the preset's full step count; peak CUDA memory.
+4. Scale (``--sections scale``, not in the default: minutes per solver on a CPU): the overhead of 1. on the
+   FFHQ-256 architecture (random weights; one input channel for MRI/CT) on ``--device``, for each pixel solver's
+   chosen preset on ``--scale-tasks`` (default deblur-motion, ct-sparse60, sr4): two short runs (``--scale-steps``)
+   give setup + per-step time, extrapolated to the preset's full steps and divided by the full run's network time.
+   On the small embedded priors an operator without an SVD costs more than the network (DAPS's Langevin steps call
+   A and Aᵀ 100 times per level); this shows what the same solver code costs beside a network of the papers' size.
 
 Usage::
 
@@ -429,14 +435,20 @@ class Context:
     bare_seconds: float = 0.5
     log: Any = print
     extra_tasks: dict = dataclasses.field(default_factory=dict)   # --task-spec NAME=SPEC
+    params: dict = dataclasses.field(default_factory=dict)        # --param SOLVER:KEY=VALUE → {label: {key: value}}
+    label_suffix: str = ""                                         # --label-suffix: appended to the solvers' labels
+
+    def shown(self, label: str) -> str:
+        """The label a solver's rows carry (pinv keeps its own)."""
+        return label if label == "pinv" else label + self.label_suffix
 
 
-def check_support(label: str, preset: str | None, steps: int | None, job: Job, prior):
+def check_support(label: str, preset: str | None, steps: int | None, job: Job, prior, params: dict | None = None):
     """The solver as ``run`` would build it for this task, or the sentence saying why it cannot run."""
     name = solver_of(label)
     op = job.m.operator()
     try:
-        solver = _make_solver(name, preset, steps, op, prior)
+        solver = _make_solver(name, preset, steps, op, prior, params)
         _check_prior_size(prior, tuple(job.m.image_shape), name)
         solver.check(op, prior)
     except (SolverError, RestoreError, OperatorError) as exc:
@@ -475,9 +487,10 @@ def run_quality(groups: list[Group], ctx: Context) -> tuple[list[dict], list[dic
                     rows.append(_row(r, base, job, "pinv", "", len(jobs), "–"))
             for label in group.labels:
                 preset = ctx.presets.get(label)
-                solver, why = check_support(label, preset, ctx.steps, jobs[0], prior)
+                solver, why = check_support(label, preset, ctx.steps, jobs[0], prior, ctx.params.get(label))
                 if solver is None:
-                    skipped.append(dict(group=group.key, prior=group.prior, task=task, solver=label, reason=why))
+                    skipped.append(dict(group=group.key, prior=group.prior, task=task, solver=ctx.shown(label),
+                                        reason=why))
                     ctx.log(f"skipped {label} on {task} ({group.prior}): {why}")
                     continue
                 folder = task_dir / (label + (f"-{solver.preset}" if solver.preset else "")
@@ -487,18 +500,20 @@ def run_quality(groups: list[Group], ctx: Context) -> tuple[list[dict], list[dic
                     for start in range(0, len(jobs), ctx.batch_size):
                         chunk = jobs[start:start + ctx.batch_size]
                         got, record = run_timed(chunk, label, solver, group, folder, task, ctx)
-                        done_rows += [_row(r, base, job, label, r.get("preset") or solver.preset, len(chunk),
+                        done_rows += [_row(r, base, job, ctx.shown(label), r.get("preset") or solver.preset, len(chunk),
                                            prior.card.name) for job, r in zip(chunk, got)]
                         if record:
                             overhead.append(record)
                 except Exception as exc:  # noqa: BLE001 - a crashing solver must not end a long benchmark run
                     why = f"crashed after {len(done_rows)} images: {type(exc).__name__}: {exc}"
-                    skipped.append(dict(group=group.key, prior=group.prior, task=task, solver=label, reason=why))
+                    skipped.append(dict(group=group.key, prior=group.prior, task=task, solver=ctx.shown(label),
+                                        reason=why))
                     ctx.log(f"{label} on {task} ({group.prior}) {why}")
                 rows += done_rows
                 if done_rows:
                     sec = statistics.fmean(float(r["seconds"]) for r in done_rows)
-                    ctx.log(f"{group.key:6s} {task:15s} {label:12s} {done_rows[0]['preset'] or '(defaults)':16s} "
+                    ctx.log(f"{group.key:6s} {task:15s} {ctx.shown(label):12s} "
+                            f"{done_rows[0]['preset'] or '(defaults)':16s} "
                             f"{len(done_rows)} images, {sec:.2f} s/img, NFE {done_rows[0]['nfe']}")
     return rows, overhead, skipped
 
@@ -515,7 +530,8 @@ def run_timed(chunk: list[Job], label: str, solver, group: Group, folder: Path, 
     if counter is not None:
         counter.reset()
     got = run(chunk, solver_of(label), group.prior, folder, preset=ctx.presets.get(label), steps=ctx.steps,
-              batch_size=len(chunk), device=ctx.device, overwrite=not ctx.resume, lpips_weights=ctx.lpips_weights)
+              batch_size=len(chunk), device=ctx.device, overwrite=not ctx.resume, lpips_weights=ctx.lpips_weights,
+              params=ctx.params.get(label))
     got = [_read_back(r) if r["status"].startswith("exists") else r for r in got]
     if any(r.get("resumed") for r in got):
         return got, None
@@ -528,7 +544,7 @@ def run_timed(chunk: list[Job], label: str, solver, group: Group, folder: Path, 
     n_bwd = backprop_evals(label, solver, prior, nfe)
     net = (nfe - n_bwd) * bare["fwd"] + n_bwd * (bare["fwd_bwd"] or 0.0)
     seconds = float(got[0]["seconds"]) * len(chunk)
-    record = dict(group=group.key, prior=group.prior, task=task, solver=label,
+    record = dict(group=group.key, prior=group.prior, task=task, solver=ctx.shown(label),
                   preset=got[0].get("preset") or solver.preset, batch=len(chunk), nfe=nfe, nfe_backprop=n_bwd,
                   bare_fwd_s=bare["fwd"], bare_fwd_bwd_s=bare["fwd_bwd"], bare_drift=after["fwd"] / before["fwd"],
                   seconds=seconds, network_seconds=net, overhead=seconds / net if net > 0 else math.nan)
@@ -584,9 +600,10 @@ def run_throughput(groups: list[Group], ctx: Context, task: str, batch_sizes: li
         jobs = make_jobs(images, spec, ctx.noise, ctx.seed, task_dir)
         for label in group.labels:
             preset = ctx.presets.get(label)
-            solver, why = check_support(label, preset, steps, jobs[0], prior)
+            solver, why = check_support(label, preset, steps, jobs[0], prior, ctx.params.get(label))
             if solver is None:
-                skipped.append(dict(group=group.key, prior=group.prior, task=task, solver=label, reason=why))
+                skipped.append(dict(group=group.key, prior=group.prior, task=task, solver=ctx.shown(label),
+                                    reason=why))
                 continue
             per_batch = {}
             nfe = None
@@ -595,17 +612,18 @@ def run_throughput(groups: list[Group], ctx: Context, task: str, batch_sizes: li
                     bare_eval_times(prior, state_shape(prior, job_shape(jobs[0])), b, 1, False)  # warm-up
                     got = run(jobs[:b], solver_of(label), group.prior, task_dir / f"{label}-b{b}", preset=preset,
                               steps=steps, batch_size=b, device=ctx.device, overwrite=True,
-                              lpips_weights=ctx.lpips_weights)
+                              lpips_weights=ctx.lpips_weights, params=ctx.params.get(label))
                     seconds = float(got[0]["seconds"])
                     per_batch[b] = 1.0 / seconds if seconds > 0 else math.nan
                     nfe = got[0]["nfe"]
             except Exception as exc:  # noqa: BLE001 - report and go on
                 why = f"crashed in the throughput runs: {type(exc).__name__}: {exc}"
-                skipped.append(dict(group=group.key, prior=group.prior, task=task, solver=label, reason=why))
+                skipped.append(dict(group=group.key, prior=group.prior, task=task, solver=ctx.shown(label),
+                                    reason=why))
                 ctx.log(f"{label}: {why}")
                 if not per_batch:
                     continue
-            rows.append(dict(group=group.key, prior=group.prior, task=task, solver=label,
+            rows.append(dict(group=group.key, prior=group.prior, task=task, solver=ctx.shown(label),
                              preset=solver.preset, steps=steps, steps_param=solver.steps_param, nfe=nfe,
                              images_per_second={str(b): v for b, v in per_batch.items()}))
             ctx.log(f"throughput {label:12s} " + ", ".join(f"b{b}: {v:.2f} img/s" for b, v in per_batch.items()))
@@ -689,6 +707,86 @@ def run_gpu(labels: list[str], noise: Noise, device: str = "cuda", config=None, 
             out["rows"].append(row)
             log(f"gpu {label:8s} {row['preset']:14s} batch {b}: {row['seconds_per_image']:.2f} s/img "
                 f"(extrapolated to {full} {key}), NFE {nfe_full}, peak {row['peak_memory_mb']:.0f} MB")
+    return out
+
+
+#: one-channel operator families (the scale section gives their network one input channel)
+GREY_FAMILIES = ("mri", "ct")
+
+
+def run_scale(labels: list[str], presets: dict, noise: Noise, tasks: list[str], extra: dict | None = None,
+              short: tuple[int, int] = (2, 4), device: str = "cpu", config=None, config_name: str = "ffhq_10m",
+              repeats: int = 3, data: Path | None = None, log=print) -> dict:
+    """Solver overhead at the papers' scale: each pixel solver's preset (``presets``, as in the quality section) on
+    the ``config`` architecture (default the FFHQ-256 ADM, random weights; one input channel for MRI/CT tasks) at
+    batch 1 on ``device``. Two short runs (``short`` steps) give seconds = setup + per-step × steps (the setup, e.g.
+    RED-Diff's A⁺y, is paid once per image), extrapolated to the preset's full steps and divided by the full run's
+    network time; the bare network is timed right before the first run and right after the second, as in the
+    quality section. The overhead of the longer short run as measured is kept beside it."""
+    from priors.configs import ADM_CONFIGS
+
+    base = config or ADM_CONFIGS[config_name]
+    size = base.image_size
+    out = dict(device=_device_name(device), architecture=config_name, image_size=size, short_steps=list(short),
+               repeats=repeats, rows=[], skipped=[])
+    nets: dict[int, Any] = {}
+    for task in tasks:
+        spec = task_spec(task, extra or {})
+        channels = 1 if operators.parse(spec).family in GREY_FAMILIES else base.in_channels
+        if channels not in nets:
+            cfg = base if channels == base.in_channels else type(base).from_dict(
+                dict(base.to_dict(), in_channels=channels))
+            nets[channels] = random_adm_prior(cfg, f"{config_name}-random").to(device)
+        prior = nets[channels]
+        images, source = _gpu_images(data, channels, size, 1)
+        op = operators.build(spec, (channels, size, size), seeds=[0], device=device)
+        y = operators.measure(op, images[:1].to(device), noise, [0])
+        for label in labels:
+            if label in LATENT_LABELS:
+                continue
+            name = solver_of(label)
+            try:
+                preset = presets.get(label) or get_solver(name).auto_preset(op, prior)
+                solver = get_solver(name, preset=preset)
+                solver.check(op, prior)
+            except SolverError as exc:
+                out["skipped"].append(dict(solver=label, task=task, reason=str(exc)))
+                log(f"scale: {label} on {task} skipped: {exc}")
+                continue
+            key = solver.steps_param
+            full = int(solver.params[key])
+            backprop = name in BACKPROP
+            shape = (channels, size, size)
+            before = bare_eval_times(prior, shape, 1, repeats, backprop)
+            points = []
+            for k in short:
+                r = solve(get_solver(name, preset=preset, **{key: k}), y, op, prior, [0], noise=noise)
+                points.append(dict(steps=k, seconds=float(r.cost.seconds), nfe=int(r.cost.nfe),
+                                   operator_evals=int(r.cost.operator_evals)))
+            after = bare_eval_times(prior, shape, 1, repeats, backprop)
+            bare = {k: (before[k] + after[k]) / 2 if before[k] else None for k in before}
+
+            def network_seconds(nfe: float) -> float:
+                n_bwd = backprop_evals(label, solver, prior, round(nfe))
+                return (nfe - n_bwd) * bare["fwd"] + n_bwd * (bare["fwd_bwd"] or 0.0)
+
+            (k1, t1), (k2, t2) = ((p["steps"], p["seconds"]) for p in points)
+            per_step = (t2 - t1) / (k2 - k1)
+            setup = max(t1 - per_step * k1, 0.0)
+            nfe_full = points[-1]["nfe"] * full / k2
+            row = dict(solver=label, task=task, spec=spec, preset=preset or "(defaults)", channels=channels,
+                       full_steps=full, steps_param=key, nfe=round(nfe_full),
+                       nfe_backprop=backprop_evals(label, solver, prior, round(nfe_full)),
+                       operator_evals=round(points[-1]["operator_evals"] * full / k2), images=source,
+                       bare_fwd_s=bare["fwd"], bare_fwd_bwd_s=bare["fwd_bwd"], bare_drift=after["fwd"] / before["fwd"],
+                       setup_s=setup, per_step_s=per_step, seconds=setup + per_step * full,
+                       network_seconds=network_seconds(nfe_full), points=points,
+                       overhead_short=t2 / network_seconds(points[-1]["nfe"]))
+            row["overhead"] = row["seconds"] / row["network_seconds"]
+            out["rows"].append(row)
+            log(f"scale {label:8s} {task:15s} {row['preset']:10s}: {full} {key}, NFE {row['nfe']}, "
+                f"setup {setup:.2f} s + {per_step:.2f} s/step, bare {bare['fwd']:.2f} s, overhead "
+                f"{row['overhead']:.3f} ({k2} steps as run: {row['overhead_short']:.3f})")
     return out
 
 
@@ -896,6 +994,30 @@ def gpu_table(gpu: dict) -> list[str]:
     return lines
 
 
+def scale_table(scale: dict) -> list[str]:
+    if not scale.get("rows") and not scale.get("skipped"):
+        return ["Not run.", ""]
+    k1, k2 = scale["short_steps"]
+    lines = [f"{scale['device']}; architecture `{scale['architecture']}` (random weights; one input channel for "
+             f"MRI/CT tasks), {scale['image_size']}×{scale['image_size']}, batch 1; runs of {k1} and {k2} steps give "
+             f"seconds = setup + per-step × steps, extrapolated to the preset's steps; bare evaluation: median of "
+             f"{scale['repeats']} before the first and {scale['repeats']} after the second run.", "",
+             "| solver | task | preset | steps | NFE (backprop) | operator calls | bare eval s (fwd / fwd+bwd) | "
+             "bare after/before | setup s + s per step | overhead (full preset) | overhead as run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in scale["rows"]:
+        bare = f"{r['bare_fwd_s']:.2f}" + (f" / {r['bare_fwd_bwd_s']:.2f}" if r["bare_fwd_bwd_s"] else "")
+        mark = "" if r["overhead"] <= OVERHEAD_TARGET else " ✗"
+        lines.append(f"| {r['solver']} | {r['task']} | {r['preset']} | {r['full_steps']} {r['steps_param']} | "
+                     f"{r['nfe']} ({r['nfe_backprop']}) | {r['operator_evals']} | {bare} | {r['bare_drift']:.2f} | "
+                     f"{r['setup_s']:.2f} + {r['per_step_s']:.2f} | {r['overhead']:.3f}{mark} | "
+                     f"{r['overhead_short']:.3f} ({r['points'][-1]['steps']} steps) |")
+    for s in scale.get("skipped", []):
+        lines.append(f"\n{s['solver']} on {s['task']}: skipped ({s['reason'].rstrip('.')}).")
+    lines.append("")
+    return lines
+
+
 def results_markdown(result: dict) -> str:
     cfg, machine = result["config"], result["machine"]
     lines = [f"_Generated {result['date']} by `{result['command']}`._", "",
@@ -916,6 +1038,8 @@ def results_markdown(result: dict) -> str:
                        if k in cfg.get("solvers", cfg["presets"]))
     lines += [f"- Presets: {chosen}" + (f"; steps overridden to {cfg['steps_override']}" if cfg["steps_override"]
                                         else "") + ".",
+              *([f"- Parameters over the presets: {'; '.join(cfg['param_notes'])}."] if cfg.get("param_notes")
+                else []),
               f"- Noise σ = {cfg['noise']} on [0, 1] (σ = {2 * float(cfg['noise_sigma']):g} on [-1, 1]); seed "
               f"{cfg['seed']}; batch size {cfg['batch_size']}.", ""]
     if result.get("skipped"):
@@ -936,6 +1060,8 @@ def results_markdown(result: dict) -> str:
         lines += throughput_table(result["throughput"], cfg["batch_sizes"])
     if "gpu" in cfg["sections"]:
         lines += ["### GPU: paper presets on the FFHQ-256 architecture", ""] + gpu_table(result["gpu"])
+    if "scale" in cfg["sections"]:
+        lines += ["### Solver overhead at the papers' scale", ""] + scale_table(result.get("scale", {}))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -989,6 +1115,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--solvers", default="dps,ddnm,daps,reddiff,resample",
                     help="solvers (pinv always runs); daps also runs as latent DAPS on the latent prior")
     ap.add_argument("--presets", default="fast", help="fast | paper | SOLVER=PRESET,... (see the module doc)")
+    ap.add_argument("--param", action="append", default=[], metavar="SOLVER:KEY=VALUE",
+                    help="override one solver parameter on top of its preset in the quality and throughput runs, "
+                         "e.g. resample:noise_stop=true (repeatable)")
+    ap.add_argument("--label-suffix", default="",
+                    help="appended to the solvers' labels in this run's rows (e.g. '+noise_stop'), so that runs of "
+                         "one solver with other presets or parameters stay apart when combined")
     ap.add_argument("--noise", default="0.025", help="noise σ on [0, 1] (0.025 = the papers' 0.05 on [-1, 1])")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=1, help="batch size of the quality runs")
@@ -1012,7 +1144,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (recorded in the results)")
     ap.add_argument("--device", default="cpu", help="device of the quality/overhead/throughput runs")
     ap.add_argument("--sections", default="quality,throughput,gpu",
-                    help="quality (with the overhead), throughput, gpu")
+                    help="quality (with the overhead), throughput, gpu, scale (overhead on the FFHQ-256 "
+                         "architecture, on --device; minutes per solver on a CPU, so not in the default)")
     ap.add_argument("--bare-repeats", type=int, default=5,
                     help="bare network evaluations timed before and after each batch (median; at least this many)")
     ap.add_argument("--bare-seconds", type=float, default=0.5,
@@ -1023,7 +1156,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="steps of the throughput runs (DAPS: annealing levels)")
     ap.add_argument("--gpu-batches", default="1,8")
     ap.add_argument("--gpu-steps", default="2,4", help="the two short step counts the GPU times extrapolate from")
+    ap.add_argument("--scale-tasks", default="deblur-motion,ct-sparse60,sr4",
+                    help="tasks of the scale section (CT/MRI on a one-channel network)")
+    ap.add_argument("--scale-steps", default="2,4",
+                    help="the two short step counts the scale section extrapolates from (DAPS: annealing levels)")
+    ap.add_argument("--scale-repeats", type=int, default=3,
+                    help="bare evaluations timed before and after each scale run (median)")
     return ap
+
+
+def parse_solver_params(items: list[str]) -> dict[str, dict[str, str]]:
+    """``SOLVER:KEY=VALUE`` items → {label: {key: value}}; an unknown solver or parameter ends here, before any work."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        label, sep, rest = item.partition(":")
+        key, eq, value = rest.partition("=")
+        label, key = label.strip(), key.strip()
+        if not sep or not eq or not key:
+            raise SystemExit(f"--param takes SOLVER:KEY=VALUE (e.g. resample:noise_stop=true), got '{item}'.")
+        if label not in FAST:
+            raise SystemExit(f"--param: unknown solver '{label}'; use one of {', '.join(FAST)}.")
+        try:
+            get_solver(solver_of(label), **{key: value.strip()})
+        except SolverError as exc:
+            raise SystemExit(f"--param {item}: {exc}") from None
+        out.setdefault(label, {})[key] = value.strip()
+    return out
 
 
 def parse_limits(text: str) -> dict[str, int]:
@@ -1070,13 +1228,15 @@ def combine(paths: list[str]) -> dict:
     ran = {p["group"] for p in priors if p.get("available")}
     merged["skipped"] = [s for s in merged["skipped"] if not (s["task"] == "*" and s["group"] in ran)]
     cfg = merged["config"]
-    for key in ("solvers", "sections"):
+    for key in ("solvers", "sections", "param_notes"):
         cfg[key] = list(dict.fromkeys(v for r in results for v in r["config"].get(key, [])))
     cfg["tasks"] = {k: v for r in results for k, v in r["config"].get("tasks", {}).items()}
     cfg["limits"] = {k: v for r in results for k, v in (r["config"].get("limits") or {}).items()}
     merged["command"] = " ; ".join(r["command"] for r in results)
     merged["gpu"] = next((r["gpu"] for r in results if r.get("gpu") and not r["gpu"].get("skipped_reason")),
                          results[0].get("gpu", {}))
+    merged["scale"] = next((r["scale"] for r in reversed(results) if r.get("scale", {}).get("rows")),
+                           results[0].get("scale", {}))
     md, summary = quality_tables(merged["rows"])
     merged.update(quality_markdown=md, summary=summary_lists(summary))
     return merged
@@ -1091,9 +1251,16 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.device = str(torch.device(args.device))
     sections = split_list(args.sections)
-    bad = set(sections) - {"quality", "overhead", "throughput", "gpu"}
+    bad = set(sections) - {"quality", "overhead", "throughput", "gpu", "scale"}
     if bad:
-        raise SystemExit(f"--sections: unknown {', '.join(sorted(bad))}; use quality, throughput, gpu.")
+        raise SystemExit(f"--sections: unknown {', '.join(sorted(bad))}; use quality, throughput, gpu, scale.")
+    try:
+        scale_steps = tuple(int(s) for s in split_list(args.scale_steps))
+    except ValueError:
+        scale_steps = ()
+    if len(scale_steps) != 2 or scale_steps[0] == scale_steps[1] or min(scale_steps) < 1:
+        raise SystemExit("--scale-steps needs two different positive step counts, e.g. 2,4.")
+    args.scale_steps = scale_steps
     if "overhead" in sections:
         sections = [s for s in sections if s != "overhead"] + ([] if "quality" in sections else ["quality"])
     presets = parse_presets(args.presets)
@@ -1104,12 +1271,14 @@ def main(argv: list[str] | None = None, log=print) -> dict:
         name, spec = item.split("=", 1)
         extra[name.strip()] = spec.strip()
     tasks = split_list(args.tasks)
-    for t in tasks + split_list(args.mri_tasks) + split_list(args.ct_tasks) + [args.throughput_task]:
+    for t in (tasks + split_list(args.mri_tasks) + split_list(args.ct_tasks) + [args.throughput_task]
+              + split_list(args.scale_tasks)):
         task_spec(t, extra)  # unknown names end here, before any work
     labels = split_list(args.solvers)
     for label in labels:
         if label not in FAST and label != "pinv":
             raise SystemExit(f"--solvers: unknown solver '{label}'; use some of {', '.join(FAST)}.")
+    args.param = parse_solver_params(args.param)
     batch_sizes = [int(b) for b in split_list(args.batch_sizes)]
     gpu_batches = tuple(int(b) for b in split_list(args.gpu_batches))
     gpu_steps = tuple(int(s) for s in split_list(args.gpu_steps))
@@ -1129,7 +1298,8 @@ def _benchmark(args, argv, sections, presets, extra, tasks, labels, batch_sizes,
     noise = Noise.parse(args.noise)
     ctx = Context(out=out, noise=noise, seed=args.seed, batch_size=max(1, args.batch_size), steps=args.steps_override,
                   presets=presets, device=args.device, lpips_weights=args.lpips_weights, resume=args.resume,
-                  bare_repeats=args.bare_repeats, bare_seconds=args.bare_seconds, log=log, extra_tasks=extra)
+                  bare_repeats=args.bare_repeats, bare_seconds=args.bare_seconds, log=log, extra_tasks=extra,
+                  params=args.param, label_suffix=args.label_suffix)
     groups = [Group("faces", args.prior, Path(args.data), tasks, pixel),
               Group("latent", args.latent_prior, Path(args.data), tasks, latent),
               Group("mri", args.mri_prior, Path(args.mri_data), split_list(args.mri_tasks), pixel),
@@ -1148,6 +1318,10 @@ def _benchmark(args, argv, sections, presets, extra, tasks, labels, batch_sizes,
                   batch_sizes=batch_sizes, throughput_task=args.throughput_task,
                   throughput_steps=args.throughput_steps, bare_repeats=args.bare_repeats,
                   bare_seconds=args.bare_seconds, gpu_batches=list(gpu_batches), gpu_steps=list(gpu_steps),
+                  scale_tasks=split_list(args.scale_tasks), scale_steps=list(args.scale_steps),
+                  params=args.param, label_suffix=args.label_suffix,
+                  param_notes=[f"{label}{args.label_suffix}: " + ", ".join(f"{k}={v}" for k, v in kv.items())
+                               for label, kv in args.param.items()],
                   lpips_weights=args.lpips_weights or os.environ.get("RESTORE_LPIPS_WEIGHTS"))
     command = "python benchmarks/solvers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result: dict = dict(date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), command=command.strip(),
@@ -1155,7 +1329,7 @@ def _benchmark(args, argv, sections, presets, extra, tasks, labels, batch_sizes,
                         priors=[prior_info(g) for g in groups], rows=[], overhead=[], throughput=[],
                         skipped=[dict(group=g.key, prior=g.prior, task="*", solver="*", reason=g.skip)
                                  for g in groups if g.skip],
-                        quality_markdown=[], summary={}, gpu={})
+                        quality_markdown=[], summary={}, gpu={}, scale={})
 
     if "quality" in sections:
         rows, overhead, skipped = run_quality(groups, ctx)
@@ -1184,6 +1358,12 @@ def _benchmark(args, argv, sections, presets, extra, tasks, labels, batch_sizes,
             result["gpu"] = dict(skipped_reason="no CUDA device on this machine (torch.cuda.is_available() is "
                                                 "False); run the script on a GPU machine for this section")
         log("## GPU\n\n" + "\n".join(gpu_table(result["gpu"])))
+
+    if "scale" in sections:
+        result["scale"] = run_scale(pixel, presets, noise, split_list(args.scale_tasks), extra, short=args.scale_steps,
+                                    device=args.device, repeats=args.scale_repeats,
+                                    data=SHARED / "test" / "ffhq256", log=log)
+        log("## Solver overhead at the papers' scale\n\n" + "\n".join(scale_table(result["scale"])))
 
     result["summary"] = summary_lists(result["summary"])
     return write_outputs(result, args, log)

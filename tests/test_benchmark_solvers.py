@@ -180,3 +180,73 @@ def test_gpu_section_code_runs_on_the_cpu_with_a_tiny_architecture(bs):
     assert rows[("ddnm", 2)]["nfe"] == 100 and rows[("dps", 2)]["preset"] == "sr2"
     assert all(r["seconds_per_image"] > 0 for r in gpu["rows"])
     assert [s["solver"] for s in gpu["skipped"]] == ["resample"]
+
+
+def test_scale_section_measures_overhead_on_the_given_architecture(bs):
+    from priors.adm import ADMConfig
+
+    cfg = ADMConfig(image_size=16, in_channels=3, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+                    attention_resolutions="8", num_head_channels=32, learn_sigma=True, use_scale_shift_norm=True)
+    presets = bs.parse_presets("fast")
+    scale = bs.run_scale(["daps", "ddnm", "dps", "resample"], presets, Noise.parse(0.025),
+                         ["deblur-motion", "ct-sparse60"], short=(1, 2), config=cfg, config_name="tiny", repeats=1,
+                         log=lambda m: None)
+    rows = {(r["solver"], r["task"]): r for r in scale["rows"]}
+    # DDNM refuses the motion blur with reflect boundary and CT (no SVD) with its own sentence; ReSample is latent
+    assert set(rows) == {("daps", "deblur-motion"), ("daps", "ct-sparse60"), ("dps", "deblur-motion"),
+                         ("dps", "ct-sparse60")}
+    assert {(s["solver"], s["task"]) for s in scale["skipped"]} == {("ddnm", "deblur-motion"), ("ddnm", "ct-sparse60")}
+    assert all("needs a linear operator with an SVD" in s["reason"] for s in scale["skipped"])
+    daps = rows[("daps", "deblur-motion")]
+    # DAPS-100: 50 levels of 2 ODE steps and 100 Langevin steps (each calls A and Aᵀ once) on the motion blur
+    assert daps["preset"] == "daps-100" and daps["full_steps"] == 50 and daps["nfe"] == 100
+    assert [p["nfe"] for p in daps["points"]] == [2, 4] and daps["nfe_backprop"] == 0
+    assert daps["points"][1]["operator_evals"] - daps["points"][0]["operator_evals"] >= 200
+    dps = rows[("dps", "ct-sparse60")]
+    assert dps["full_steps"] == dps["nfe"] == dps["nfe_backprop"] == 100   # DPS fast: 100 steps, all backpropagated
+    assert rows[("daps", "ct-sparse60")]["channels"] == 1 and daps["channels"] == 3
+    for r in scale["rows"]:
+        (p1, p2) = r["points"]
+        assert r["per_step_s"] == pytest.approx(p2["seconds"] - p1["seconds"])
+        assert r["seconds"] == pytest.approx(r["setup_s"] + r["per_step_s"] * r["full_steps"])
+        bare = r["bare_fwd_bwd_s"] if r["nfe_backprop"] else r["bare_fwd_s"]
+        assert r["network_seconds"] == pytest.approx(r["nfe"] * bare)
+        assert r["overhead"] == pytest.approx(r["seconds"] / r["network_seconds"])
+        assert r["overhead_short"] == pytest.approx(p2["seconds"] / (p2["nfe"] * bare))
+    text = "\n".join(bs.scale_table(scale))
+    assert "| daps | deblur-motion | daps-100 | 50 annealing_steps | 100 (0) |" in text and "ddnm on ct-sparse60" in text
+    with pytest.raises(SystemExit, match="--scale-steps"):
+        bs.main(["--sections", "scale", "--scale-steps", "3"])
+
+
+def test_param_and_label_suffix_keep_a_variant_apart_when_combined(bs, tmp_path, monkeypatch):
+    """A run with a parameter over the preset (``--param``), labelled with ``--label-suffix``, combines with a plain
+    run of the same solver into two rows per image instead of replacing it; the parameter reaches the solver."""
+    monkeypatch.setenv("RESTORE_LPIPS_WEIGHTS", str(tmp_path / "no-lpips.safetensors"))
+    data = _images(tmp_path / "faces", 2)
+    prior = _tiny_prior_file(tmp_path / "prior")
+    common = ["--data", str(data), "--prior", str(prior), "--solvers", "ddnm", "--presets", "fast",
+              "--steps-override", "2", "--latent-prior", "none", "--mri-prior", "none", "--ct-prior", "none",
+              "--bare-repeats", "1", "--bare-seconds", "0", "--sections", "quality", "--tasks", "sr2",
+              "--limit", "1", "--threads", "1"]
+    plain = bs.main(common + ["--out", str(tmp_path / "a"), "--json", str(tmp_path / "a.json")], log=lambda m: None)
+    varied = bs.main(common + ["--param", "ddnm:eta=0.0", "--label-suffix", "+eta0", "--out", str(tmp_path / "b"),
+                               "--json", str(tmp_path / "b.json")], log=lambda m: None)
+    assert {r["solver"] for r in varied["rows"]} == {"pinv", "ddnm+eta0"}
+    assert [o["solver"] for o in varied["overhead"]] == ["ddnm+eta0"]
+    side = json.loads(Path(next(r["output"] for r in varied["rows"] if r["solver"] == "ddnm+eta0"))
+                      .with_suffix(".json").read_text())
+    assert float(side["params"]["eta"]) == 0.0
+    plain_side = json.loads(Path(next(r["output"] for r in plain["rows"] if r["solver"] == "ddnm"))
+                            .with_suffix(".json").read_text())
+    assert float(plain_side["params"]["eta"]) == 0.85
+    doc = tmp_path / "doc.md"
+    merged = bs.main(["--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--markdown", str(doc)],
+                     log=lambda m: None)
+    assert sorted(r["solver"] for r in merged["rows"]) == ["ddnm", "ddnm+eta0", "pinv"]
+    text = doc.read_text()
+    assert "| ddnm+eta0 |" in text and "| ddnm |" in text and "Parameters over the presets: ddnm+eta0: eta=0.0" in text
+    for bad, match in ((["--param", "ddnm:eta"], "SOLVER:KEY=VALUE"), (["--param", "nope:eta=1"], "unknown solver"),
+                       (["--param", "ddnm:bogus=1"], "no parameter 'bogus'")):
+        with pytest.raises(SystemExit, match=match):
+            bs.main(common + bad)
