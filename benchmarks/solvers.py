@@ -710,6 +710,13 @@ def run_gpu(labels: list[str], noise: Noise, device: str = "cuda", config=None, 
     return out
 
 
+def extrapolate(points: list[dict], field: str, steps: int) -> float:
+    """``field`` at ``steps`` on the line through two short runs (a once-per-run part, e.g. DPS's operator-norm
+    estimate on CT, is counted once, not once per step)."""
+    (k1, v1), (k2, v2) = ((p["steps"], p[field]) for p in points)
+    return v1 + (v2 - v1) / (k2 - k1) * (steps - k1)
+
+
 #: one-channel operator families (the scale section gives their network one input channel)
 GREY_FAMILIES = ("mri", "ct")
 
@@ -719,10 +726,11 @@ def run_scale(labels: list[str], presets: dict, noise: Noise, tasks: list[str], 
               repeats: int = 3, data: Path | None = None, log=print) -> dict:
     """Solver overhead at the papers' scale: each pixel solver's preset (``presets``, as in the quality section) on
     the ``config`` architecture (default the FFHQ-256 ADM, random weights; one input channel for MRI/CT tasks) at
-    batch 1 on ``device``. Two short runs (``short`` steps) give seconds = setup + per-step × steps (the setup, e.g.
-    RED-Diff's A⁺y, is paid once per image), extrapolated to the preset's full steps and divided by the full run's
-    network time; the bare network is timed right before the first run and right after the second, as in the
-    quality section. The overhead of the longer short run as measured is kept beside it."""
+    batch 1 on ``device``. After a warm-up run, two short runs (``short`` steps) give seconds = setup + per-step ×
+    steps (the setup, e.g. RED-Diff's A⁺y, is paid once per image), extrapolated to the preset's full steps and
+    divided by the full run's network time; the bare network is timed right before the first timed run and right
+    after the second, as in the quality section. The overhead of the longer short run as measured is kept beside
+    it."""
     from priors.configs import ADM_CONFIGS
 
     base = config or ADM_CONFIGS[config_name]
@@ -757,6 +765,9 @@ def run_scale(labels: list[str], presets: dict, noise: Noise, tasks: list[str], 
             full = int(solver.params[key])
             backprop = name in BACKPROP
             shape = (channels, size, size)
+            # a warm-up run first: one-time costs (allocator growth at this size, lazily built operator pieces) would
+            # otherwise land in the first timed run and bend the line through the two
+            solve(get_solver(name, preset=preset, **{key: min(short)}), y, op, prior, [0], noise=noise)
             before = bare_eval_times(prior, shape, 1, repeats, backprop)
             points = []
             for k in short:
@@ -773,11 +784,11 @@ def run_scale(labels: list[str], presets: dict, noise: Noise, tasks: list[str], 
             (k1, t1), (k2, t2) = ((p["steps"], p["seconds"]) for p in points)
             per_step = (t2 - t1) / (k2 - k1)
             setup = max(t1 - per_step * k1, 0.0)
-            nfe_full = points[-1]["nfe"] * full / k2
+            nfe_full = extrapolate(points, "nfe", full)
             row = dict(solver=label, task=task, spec=spec, preset=preset or "(defaults)", channels=channels,
                        full_steps=full, steps_param=key, nfe=round(nfe_full),
                        nfe_backprop=backprop_evals(label, solver, prior, round(nfe_full)),
-                       operator_evals=round(points[-1]["operator_evals"] * full / k2), images=source,
+                       operator_evals=round(extrapolate(points, "operator_evals", full)), images=source,
                        bare_fwd_s=bare["fwd"], bare_fwd_bwd_s=bare["fwd_bwd"], bare_drift=after["fwd"] / before["fwd"],
                        setup_s=setup, per_step_s=per_step, seconds=setup + per_step * full,
                        network_seconds=network_seconds(nfe_full), points=points,
@@ -1008,8 +1019,9 @@ def scale_table(scale: dict) -> list[str]:
     for r in scale["rows"]:
         bare = f"{r['bare_fwd_s']:.2f}" + (f" / {r['bare_fwd_bwd_s']:.2f}" if r["bare_fwd_bwd_s"] else "")
         mark = "" if r["overhead"] <= OVERHEAD_TARGET else " ✗"
+        calls = round(extrapolate(r["points"], "operator_evals", r["full_steps"]))
         lines.append(f"| {r['solver']} | {r['task']} | {r['preset']} | {r['full_steps']} {r['steps_param']} | "
-                     f"{r['nfe']} ({r['nfe_backprop']}) | {r['operator_evals']} | {bare} | {r['bare_drift']:.2f} | "
+                     f"{r['nfe']} ({r['nfe_backprop']}) | {calls} | {bare} | {r['bare_drift']:.2f} | "
                      f"{r['setup_s']:.2f} + {r['per_step_s']:.2f} | {r['overhead']:.3f}{mark} | "
                      f"{r['overhead_short']:.3f} ({r['points'][-1]['steps']} steps) |")
     for s in scale.get("skipped", []):
@@ -1038,7 +1050,9 @@ def results_markdown(result: dict) -> str:
                        if k in cfg.get("solvers", cfg["presets"]))
     lines += [f"- Presets: {chosen}" + (f"; steps overridden to {cfg['steps_override']}" if cfg["steps_override"]
                                         else "") + ".",
-              *([f"- Parameters over the presets: {'; '.join(cfg['param_notes'])}."] if cfg.get("param_notes")
+              *([f"- Labelled variants: {'; '.join(notes)}."] if (notes := [
+                  n for n in (cfg.get("variant_notes") or run_variants(cfg))
+                  if n.split(" = ")[0] in {r["solver"] for r in result.get("rows", []) + result.get("overhead", [])}])
                 else []),
               f"- Noise σ = {cfg['noise']} on [0, 1] (σ = {2 * float(cfg['noise_sigma']):g} on [-1, 1]); seed "
               f"{cfg['seed']}; batch size {cfg['batch_size']}.", ""]
@@ -1120,7 +1134,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "e.g. resample:noise_stop=true (repeatable)")
     ap.add_argument("--label-suffix", default="",
                     help="appended to the solvers' labels in this run's rows (e.g. '+noise_stop'), so that runs of "
-                         "one solver with other presets or parameters stay apart when combined")
+                         "one solver with other presets or parameters stay apart when combined; a suffix that "
+                         "starts with '-' needs the = form: --label-suffix=-fast")
     ap.add_argument("--noise", default="0.025", help="noise σ on [0, 1] (0.025 = the papers' 0.05 on [-1, 1])")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=1, help="batch size of the quality runs")
@@ -1166,7 +1181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_solver_params(items: list[str]) -> dict[str, dict[str, str]]:
-    """``SOLVER:KEY=VALUE`` items → {label: {key: value}}; an unknown solver or parameter ends here, before any work."""
+    """``SOLVER:KEY=VALUE`` items → {label: {key: value}}; an unknown solver or parameter ends here, before any
+    work."""
     out: dict[str, dict[str, str]] = {}
     for item in items:
         label, sep, rest = item.partition(":")
@@ -1182,6 +1198,17 @@ def parse_solver_params(items: list[str]) -> dict[str, dict[str, str]]:
             raise SystemExit(f"--param {item}: {exc}") from None
         out.setdefault(label, {})[key] = value.strip()
     return out
+
+
+def run_variants(cfg: dict) -> list[str]:
+    """For a run whose rows carry a label suffix or parameters over the presets: what each such label ran."""
+    suffix, params, presets = cfg.get("label_suffix") or "", cfg.get("params") or {}, cfg.get("presets") or {}
+    notes = []
+    for label in cfg.get("solvers", []):
+        if suffix or params.get(label):
+            extra = "".join(f", {k}={v}" for k, v in params.get(label, {}).items())
+            notes.append(f"{label}{suffix} = {label}, preset {presets.get(label) or 'paper (per task)'}{extra}")
+    return notes
 
 
 def parse_limits(text: str) -> dict[str, int]:
@@ -1227,16 +1254,26 @@ def combine(paths: list[str]) -> dict:
     merged["priors"] = priors
     ran = {p["group"] for p in priors if p.get("available")}
     merged["skipped"] = [s for s in merged["skipped"] if not (s["task"] == "*" and s["group"] in ran)]
+    merged["skipped"] = list({(s["group"], s["task"], s["solver"], s["reason"]): s  # the same skip once
+                              for s in merged["skipped"]}.values())
     cfg = merged["config"]
-    for key in ("solvers", "sections", "param_notes"):
+    for key in ("solvers", "sections"):
         cfg[key] = list(dict.fromkeys(v for r in results for v in r["config"].get(key, [])))
+    cfg["variant_notes"] = list(dict.fromkeys(note for r in results for note in run_variants(r["config"])))
     cfg["tasks"] = {k: v for r in results for k, v in r["config"].get("tasks", {}).items()}
     cfg["limits"] = {k: v for r in results for k, v in (r["config"].get("limits") or {}).items()}
     merged["command"] = " ; ".join(r["command"] for r in results)
     merged["gpu"] = next((r["gpu"] for r in results if r.get("gpu") and not r["gpu"].get("skipped_reason")),
                          results[0].get("gpu", {}))
-    merged["scale"] = next((r["scale"] for r in reversed(results) if r.get("scale", {}).get("rows")),
-                           results[0].get("scale", {}))
+    # the scale section: rows of all runs, a solver × task measured again replacing the earlier measurement
+    scales = [r["scale"] for r in results if r.get("scale", {}).get("rows") or r.get("scale", {}).get("skipped")]
+    merged["scale"] = dict(scales[-1]) if scales else results[0].get("scale", {})
+    if scales:
+        last_sc = {(row["solver"], row["task"]): i for i, sc in enumerate(scales) for row in sc["rows"]}
+        merged["scale"]["rows"] = [row for i, sc in enumerate(scales) for row in sc["rows"]
+                                   if last_sc[(row["solver"], row["task"])] == i]
+        merged["scale"]["skipped"] = list({(x["solver"], x["task"]): x for sc in scales
+                                           for x in sc.get("skipped", [])}.values())
     md, summary = quality_tables(merged["rows"])
     merged.update(quality_markdown=md, summary=summary_lists(summary))
     return merged
@@ -1320,8 +1357,6 @@ def _benchmark(args, argv, sections, presets, extra, tasks, labels, batch_sizes,
                   bare_seconds=args.bare_seconds, gpu_batches=list(gpu_batches), gpu_steps=list(gpu_steps),
                   scale_tasks=split_list(args.scale_tasks), scale_steps=list(args.scale_steps),
                   params=args.param, label_suffix=args.label_suffix,
-                  param_notes=[f"{label}{args.label_suffix}: " + ", ".join(f"{k}={v}" for k, v in kv.items())
-                               for label, kv in args.param.items()],
                   lpips_weights=args.lpips_weights or os.environ.get("RESTORE_LPIPS_WEIGHTS"))
     command = "python benchmarks/solvers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result: dict = dict(date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), command=command.strip(),
