@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from operators import OperatorError, build, parse
-from operators.blur import motion_kernel
+from operators.blur import fft_length, motion_kernel
 
 
 def correlate(op, x: torch.Tensor, mode: str) -> np.ndarray:
@@ -71,6 +71,19 @@ def test_file_kernel_even_and_non_square(tmp_path, boundary, mode):
     np.testing.assert_allclose(op.kernel[0, 0].double().numpy(), NON_SEPARABLE / NON_SEPARABLE.sum(), rtol=1e-6)
     x = torch.rand(2, 1, 12, 10, dtype=torch.float64)
     np.testing.assert_allclose(op.A(x).numpy(), correlate(op, x, mode), atol=1e-6)
+
+
+def test_fft_length_is_the_smallest_even_5_smooth_length():
+    def smooth(m):
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in range(1, 700):
+        expected = next(m for m in range(n, 2 * n + 2) if m % 2 == 0 and smooth(m))
+        assert fft_length(n) == expected, n
+    assert (fft_length(124), fft_length(316)) == (128, 320)   # a 61×61 kernel on 64² and 256² images
 
 
 def test_adjoint_when_the_pad_is_longer_than_the_image():
