@@ -19,8 +19,8 @@ Boundary x̃
   convolution, index_add with the same index vectors). There is no cheap SVD (``has_svd`` is False), and A_pinv is
   the Tikhonov-damped least squares argmin ‖Ax − y‖² + δ‖x‖² (δ = ``damping`` = 1e-6 = rcond²: the filter factor
   s²/(s² + δ) crosses ½ where the truncated SVD of the other modes cuts) by at most ``cg_iterations`` = 200
-  conjugate-gradient steps from 0. CG does not fully converge on a 61×61 kernel (256², DPS motion kernel: 5e-3 relative error on the range of Aᴴ after 200
-  steps, 1.4e-2 after 100); the early stop regularises further.
+  conjugate-gradient steps from 0. CG does not fully converge on a 61×61 kernel (256², DPS motion kernel: 5e-3
+  relative error on the range of Aᴴ after 200 steps, 1.4e-2 after 100); the early stop regularises further.
 * ``circular``: periodic boundary, diagonal in the Fourier basis: ŷ = conj(k̂)·x̂ with k the kernel centred (wrapped) on
   an H×W grid. SVD: Vᴴ = F (orthonormal 2-D FFT; spectral coefficients are complex), s = |k̂|, U = Fᴴ·diag(e^{−i∠k̂}).
 
