@@ -404,6 +404,16 @@ def bare_autoencoder_times(counter: AutoencoderCounter, latent_shape, image_shap
             "enc": _median_time(enc, repeats, device, min_seconds)}
 
 
+def mean_bare(before: dict, after: dict) -> dict:
+    """The bare evaluation times used for a run: the mean of those timed right before and right after it."""
+    return {k: (before[k] + after[k]) / 2 if before[k] else None for k in before}
+
+
+def network_seconds(bare: dict, nfe: float, n_bwd: float) -> float:
+    """Seconds of a run's network work: its forward-only evaluations plus those it backpropagates through."""
+    return (nfe - n_bwd) * bare["fwd"] + n_bwd * (bare["fwd_bwd"] or 0.0)
+
+
 def backprop_evals(label: str, solver, prior, nfe: int) -> int:
     """How many of a run's network evaluations backpropagate through the network."""
     kind = BACKPROP.get(solver_of(label))
@@ -539,10 +549,10 @@ def run_timed(chunk: list[Job], label: str, solver, group: Group, folder: Path, 
     # the same timing again after the run: the overhead divides by the mean of the two medians, and their ratio
     # shows how much the machine's speed drifted meanwhile
     after = bare_eval_times(prior, shape, len(chunk), ctx.bare_repeats, backprop, ctx.bare_seconds)
-    bare = {k: (before[k] + after[k]) / 2 if before[k] else None for k in before}
+    bare = mean_bare(before, after)
     nfe = int(got[0]["nfe"])
     n_bwd = backprop_evals(label, solver, prior, nfe)
-    net = (nfe - n_bwd) * bare["fwd"] + n_bwd * (bare["fwd_bwd"] or 0.0)
+    net = network_seconds(bare, nfe, n_bwd)
     seconds = float(got[0]["seconds"]) * len(chunk)
     record = dict(group=group.key, prior=group.prior, task=task, solver=ctx.shown(label),
                   preset=got[0].get("preset") or solver.preset, batch=len(chunk), nfe=nfe, nfe_backprop=n_bwd,
@@ -696,11 +706,9 @@ def run_gpu(labels: list[str], noise: Noise, device: str = "cuda", config=None, 
                 if torch.device(device).type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            (k1, t1), (k2, t2) = ((p["steps"], p["seconds"]) for p in points)
-            per_step = (t2 - t1) / (k2 - k1) if k2 != k1 else t2 / k2
-            setup = max(t1 - per_step * k1, 0.0)
+            setup, per_step = time_line(points)
             total = setup + per_step * full
-            nfe_full = round(points[-1]["nfe"] * full / points[-1]["steps"])
+            nfe_full = round(extrapolate(points, "nfe", full))
             row = dict(solver=label, preset=preset or "(defaults)", batch=b, full_steps=full, steps_param=key,
                        nfe=nfe_full, seconds_total=total, seconds_per_image=total / b,
                        peak_memory_mb=max(p["peak_mb"] for p in points), points=points)
@@ -708,6 +716,13 @@ def run_gpu(labels: list[str], noise: Noise, device: str = "cuda", config=None, 
             log(f"gpu {label:8s} {row['preset']:14s} batch {b}: {row['seconds_per_image']:.2f} s/img "
                 f"(extrapolated to {full} {key}), NFE {nfe_full}, peak {row['peak_memory_mb']:.0f} MB")
     return out
+
+
+def time_line(points: list[dict]) -> tuple[float, float]:
+    """(setup, per-step) seconds of the line through two short runs; a negative setup (timing noise) counts as 0."""
+    (k1, t1), (k2, t2) = ((p["steps"], p["seconds"]) for p in points)
+    per_step = (t2 - t1) / (k2 - k1)
+    return max(t1 - per_step * k1, 0.0), per_step
 
 
 def extrapolate(points: list[dict], field: str, steps: int) -> float:
@@ -775,15 +790,12 @@ def run_scale(labels: list[str], presets: dict, noise: Noise, tasks: list[str], 
                 points.append(dict(steps=k, seconds=float(r.cost.seconds), nfe=int(r.cost.nfe),
                                    operator_evals=int(r.cost.operator_evals)))
             after = bare_eval_times(prior, shape, 1, repeats, backprop)
-            bare = {k: (before[k] + after[k]) / 2 if before[k] else None for k in before}
+            bare = mean_bare(before, after)
 
-            def network_seconds(nfe: float) -> float:
-                n_bwd = backprop_evals(label, solver, prior, round(nfe))
-                return (nfe - n_bwd) * bare["fwd"] + n_bwd * (bare["fwd_bwd"] or 0.0)
+            def net(nfe: float) -> float:
+                return network_seconds(bare, nfe, backprop_evals(label, solver, prior, round(nfe)))
 
-            (k1, t1), (k2, t2) = ((p["steps"], p["seconds"]) for p in points)
-            per_step = (t2 - t1) / (k2 - k1)
-            setup = max(t1 - per_step * k1, 0.0)
+            setup, per_step = time_line(points)
             nfe_full = extrapolate(points, "nfe", full)
             row = dict(solver=label, task=task, spec=spec, preset=preset or "(defaults)", channels=channels,
                        full_steps=full, steps_param=key, nfe=round(nfe_full),
@@ -791,13 +803,13 @@ def run_scale(labels: list[str], presets: dict, noise: Noise, tasks: list[str], 
                        operator_evals=round(extrapolate(points, "operator_evals", full)), images=source,
                        bare_fwd_s=bare["fwd"], bare_fwd_bwd_s=bare["fwd_bwd"], bare_drift=after["fwd"] / before["fwd"],
                        setup_s=setup, per_step_s=per_step, seconds=setup + per_step * full,
-                       network_seconds=network_seconds(nfe_full), points=points,
-                       overhead_short=t2 / network_seconds(points[-1]["nfe"]))
+                       network_seconds=net(nfe_full), points=points,
+                       overhead_short=points[-1]["seconds"] / net(points[-1]["nfe"]))
             row["overhead"] = row["seconds"] / row["network_seconds"]
             out["rows"].append(row)
             log(f"scale {label:8s} {task:15s} {row['preset']:10s}: {full} {key}, NFE {row['nfe']}, "
                 f"setup {setup:.2f} s + {per_step:.2f} s/step, bare {bare['fwd']:.2f} s, overhead "
-                f"{row['overhead']:.3f} ({k2} steps as run: {row['overhead_short']:.3f})")
+                f"{row['overhead']:.3f} ({points[-1]['steps']} steps as run: {row['overhead_short']:.3f})")
     return out
 
 
@@ -1048,12 +1060,11 @@ def results_markdown(result: dict) -> str:
             lines.append(f"- Prior ({p['group']}) `{p['given']}`: not run (see Skipped).")
     chosen = ", ".join(f"{k} {v or 'paper (per task)'}" for k, v in cfg["presets"].items()
                        if k in cfg.get("solvers", cfg["presets"]))
+    shown = {r["solver"] for r in result.get("rows", []) + result.get("overhead", [])}
+    variants = [n for n in (cfg.get("variant_notes") or run_variants(cfg)) if n.split(" = ")[0] in shown]
     lines += [f"- Presets: {chosen}" + (f"; steps overridden to {cfg['steps_override']}" if cfg["steps_override"]
                                         else "") + ".",
-              *([f"- Labelled variants: {'; '.join(notes)}."] if (notes := [
-                  n for n in (cfg.get("variant_notes") or run_variants(cfg))
-                  if n.split(" = ")[0] in {r["solver"] for r in result.get("rows", []) + result.get("overhead", [])}])
-                else []),
+              *([f"- Labelled variants: {'; '.join(variants)}."] if variants else []),
               f"- Noise σ = {cfg['noise']} on [0, 1] (σ = {2 * float(cfg['noise_sigma']):g} on [-1, 1]); seed "
               f"{cfg['seed']}; batch size {cfg['batch_size']}.", ""]
     if result.get("skipped"):

@@ -371,20 +371,22 @@ class _Data:
     def residual(self, x: Tensor) -> Tensor:
         return 2.0 * (self.y - self.op.A(to01(x)))
 
-    def mse(self, x: Tensor) -> Tensor:
-        r = self.residual(x)
+    @staticmethod
+    def _real_entries(r: Tensor) -> Tensor:
+        """(B, n): the n real measurement entries of each image's residual (real and imaginary parts if complex)."""
         r = torch.view_as_real(r) if r.is_complex() else r
-        return r.pow(2).reshape(r.shape[0], -1).mean(dim=1)
+        return r.reshape(r.shape[0], -1)
+
+    def mse(self, x: Tensor) -> Tensor:
+        return self._real_entries(self.residual(x)).pow(2).mean(dim=1)
 
     def mse_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """For a linear A: the MSE of r = ỹ − A x over the n real measurement entries and its gradient
         −(2/n)·Aᵀr (Re Aᴴr for complex measurements: ``A_adjoint``), one A and one Aᵀ without autograd."""
         with torch.no_grad():
             r = self.y_pm1 - self.op.A(x)
-            rr = torch.view_as_real(r) if r.is_complex() else r
-            flat = rr.reshape(rr.shape[0], -1)
-            n = flat.shape[1]
-            return flat.square().mean(dim=1), self.op.A_adjoint(r) * (-2.0 / n)
+            flat = self._real_entries(r)
+            return flat.square().mean(dim=1), self.op.A_adjoint(r) * (-2.0 / flat.shape[1])
 
     def decoded_mse_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The same for x = D(z): autograd only through the decoder (the vector-Jacobian product of D with the
