@@ -7,7 +7,8 @@ Mask kinds
   ``fraction`` is the *missing* fraction, 0.7 in DAPS and ReSample, 0.92 in the DPS paper).
 * ``freeform``: ``strokes`` random brush strokes (our own seeded generator in the style of the free-form masks of
   DDNM/Palette: random-walk polylines with round joints, width ``width`` pixels or H/16 when 0).
-* ``file``: a .npy or image file of the image's height × width; non-zero (or > 0.5 for 8-bit images) = observed.
+* ``file``: a .npy or image file of the image's height × width with values on [0, 1] (8-bit images 0–255, 16-bit
+  0–65535; anything else is refused); > 0.5 = observed.
 
 The operator is diagonal, so its SVD is trivial: V = U = I, singular values m.
 """
@@ -42,13 +43,18 @@ def load_array_file(path: str, what: str) -> np.ndarray:
 
             with Image.open(p) as im:
                 arr = np.asarray(im.convert("L") if im.mode not in ("L", "I", "I;16", "F") else im)
-                if arr.dtype == np.uint8:
-                    arr = arr.astype(np.float64) / 255.0
+        if arr.dtype == np.uint8:  # 8-bit images: 0–255
+            arr = arr.astype(np.float64) / 255.0
+        elif arr.dtype == np.uint16 or (p.suffix.lower() != ".npy" and np.issubdtype(arr.dtype, np.integer)
+                                        and arr.size and arr.max() > 255):  # 16-bit images: 0–65535
+            arr = arr.astype(np.float64) / 65535.0
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         raise OperatorError(f"cannot read the {what} file '{path}' ({exc}); give a .npy array or a PNG image.") from None
     arr = np.squeeze(np.asarray(arr, dtype=np.float64))
     if arr.ndim != 2:
         raise OperatorError(f"the {what} file '{path}' holds an array of shape {arr.shape}; it must be 2-D.")
+    if not np.isfinite(arr).all():
+        raise OperatorError(f"the {what} file '{path}' holds NaN or infinite values; clean it first.")
     return arr
 
 
@@ -75,6 +81,10 @@ class Mask(LinearOperator):
         kind = spec["kind"]
         if kind == "file":
             arr = load_array_file(spec["file"], "mask")
+            if arr.size and (arr.min() < 0 or arr.max() > 1):
+                raise OperatorError(f"the mask file '{spec['file']}' holds values from {arr.min():g} to {arr.max():g}, "
+                                    f"but a mask holds 0 (missing) and 1 (observed), or 0 and 255 in an 8-bit image; "
+                                    f"rescale it.")
             if arr.shape != (h, w):
                 raise OperatorError(f"the mask file '{spec['file']}' is {arr.shape[0]}×{arr.shape[1]} but the image is "
                                     f"{h}×{w}; give a mask of the image's size.")

@@ -45,7 +45,7 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
         raise RestoreError(f"the output '{out}' is a file; give a folder for --out.")
     specs = [str(operators.parse(s)) for s in specs]
     solvers = ["pinv"] + [s for s in solvers if s != "pinv"]
-    files = [(p, r) for p, r in find_images(images) if p.suffix.lower() != ".npz"]
+    files = [(p, r) for p, r in find_images(images, exclude=out) if p.suffix.lower() != ".npz"]
     if limit:
         files = files[:limit]
     i, n = parse_shard(shard)
@@ -69,7 +69,7 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
                               steps=None if solver == "pinv" else steps, batch_size=batch_size, device=device,
                               overwrite=False, lpips_weights=lpips_weights, progress=progress)
             for job, r in zip(jobs, result_rows):
-                if r["status"].startswith("exists"):  # resumed: read the finished result back
+                if r.get("skipped"):  # resumed: read the finished result back
                     side = json.loads(Path(r["output"]).with_suffix(".json").read_text())
                     r = dict(r, status="written", preset=side["preset"], seconds=side["cost"]["seconds_per_image"],
                              nfe=side["cost"]["nfe"], **side["metrics"])

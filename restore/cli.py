@@ -86,7 +86,7 @@ def solve_command(
     from .solve import collect_jobs, parse_params, run
 
     params = parse_params(param)
-    jobs = collect_jobs(inputs, operator, noise, mask, seed, reference)
+    jobs = collect_jobs(inputs, operator, noise, mask, seed, reference, out=out)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("solving", total=None)
@@ -95,7 +95,8 @@ def solve_command(
             bar.update(task, description=f"{solver} · {label}", completed=i, total=n)
 
         rows = run(jobs, solver, prior, out, preset=preset, steps=steps, samples=samples, batch_size=batch_size,
-                   device=device, overwrite=overwrite, lpips_weights=lpips_weights, progress=progress, params=params)
+                   device=device, overwrite=overwrite, lpips_weights=lpips_weights, progress=progress, params=params,
+                   protect=[mask] if mask else [])
     _print_rows(rows, f"restore solve --solver {solver}")
     if any(r["status"] == "failed" for r in rows):
         for r in rows:

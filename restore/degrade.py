@@ -9,6 +9,14 @@ from operators import Noise
 from operators.seeding import stream_seed
 
 from .io import Measurement, RestoreError, find_images, load_image_meta, preview, save_image, save_measurement
+from .outputs import OutputGuard, is_restore_measurement, output_names
+
+SKIPPED = "skipped: made by an earlier run (--overwrite redoes it)"
+
+
+def preview_path(target: Path) -> Path:
+    """The preview PNG written beside a measurement file."""
+    return target.with_name(target.stem + "_measurement.png")
 
 
 def image_seed(base_seed: int, name: str) -> int:
@@ -33,18 +41,24 @@ def degrade_files(inputs: list[str], spec: str, noise: str, seed: int, out: Path
     if out.exists() and not out.is_dir():
         raise RestoreError(f"the output '{out}' is a file; give a folder for --out.")
     rows = []
-    for path, rel in find_images(inputs):
-        if path.suffix.lower() == ".npz":
-            continue
-        target = out / rel.with_suffix(".npz")
-        if target.exists() and not overwrite:
-            rows.append(dict(image=path, measurement=target, shape=(), status="exists (skipped; --overwrite)"))
+    files = [(p, r) for p, r in find_images(inputs, exclude=out) if p.suffix.lower() != ".npz"]
+    guard = OutputGuard([p for p, _ in files])
+    plan = []
+    for (path, rel), name in zip(files, output_names([r for _, r in files], ".npz")):
+        target = out / name
+        ours = target.exists() and is_restore_measurement(target)
+        guard.check(target, owned=ours)
+        guard.check(preview_path(target), owned=ours)
+        plan.append((path, rel, target, ours))
+    for path, rel, target, ours in plan:
+        if ours and not overwrite:
+            rows.append(dict(image=path, measurement=target, shape=(), status=SKIPPED))
             continue
         s = image_seed(seed, rel.as_posix())
         image, meta = load_image_meta(path)
         m = degrade_one(image, spec, noise, s, source=str(path.resolve()))
         m.source_meta = meta
         save_measurement(target, m)
-        save_image(target.with_name(target.stem + "_measurement.png"), preview(m.y[0]))
+        save_image(preview_path(target), preview(m.y[0]))
         rows.append(dict(image=path, measurement=target, shape=tuple(m.y.shape[1:]), status="written"))
     return rows

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import RestoreError
+from .errors import RestoreError
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 DEFAULT_HU_WINDOW = (-1000.0, 1000.0)

@@ -28,13 +28,13 @@ import torch
 import operators
 from operators import Noise, OperatorError
 
+from .errors import RestoreError  # re-exported: ``from restore.io import RestoreError``
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy", ".dcm", ".dicom"}
 _DICOM_SUFFIXES = {".dcm", ".dicom"}  # also any file with the DICOM preamble, whatever its suffix
 MEASUREMENT_FORMAT = "restore-measurement/1"
-
-
-class RestoreError(Exception):
-    """A user-facing error: one sentence naming the problem and the fix."""
+#: a float image may stray this far outside [0, 1] (a noisy measurement does); further is a wrong scale, refused
+FLOAT_SLACK = 0.5
 
 
 @contextmanager
@@ -160,17 +160,54 @@ def load_image_meta(path: "str | Path", hu_window=None) -> tuple[torch.Tensor, d
 
             arr = tifffile.imread(path)
         else:
-            from PIL import Image, ImageOps
+            from PIL import Image
 
             with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im)
-                if im.mode in ("RGBA", "LA", "P", "PA") or "A" in im.getbands():
-                    im = im.convert("RGBA" if len(im.getbands()) > 2 or im.mode == "P" else "LA")
-                arr = np.asarray(im)
+                arr, notes = pil_to_array(im)
+    except RestoreError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file for the user
         raise RestoreError(f"cannot read '{path}' as an image ({type(exc).__name__}: {exc}); give a PNG, JPEG, "
                            f"TIFF, NPY or DICOM file.") from None
-    return to_tensor(arr, str(path)), {"format": suffix.lstrip(".") or "image"}
+    meta = {"format": suffix.lstrip(".") or "image"}
+    if suffix != ".npy" and suffix not in (".tif", ".tiff"):
+        meta.update(notes)
+    return to_tensor(arr, str(path)), meta
+
+
+def pil_to_array(im) -> tuple[np.ndarray, dict]:
+    """A PIL image → an H×W or H×W×3 array whose dtype says its range (uint8 0–255, uint16 0–65535, float32 on
+    [0, 1]), and a dict of what was done: every mode is converted by its meaning, not by its bands' count —
+    CMYK and YCbCr (and LAB, HSV) to RGB, palettes to RGB, 1-bit to grey, alpha dropped, 16-bit kept at 16 bits;
+    an animated image gives its first frame (said in the dict); EXIF orientation is honoured."""
+    from PIL import ImageOps
+
+    notes: dict = {"mode": im.mode}
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames > 1:
+        im.seek(0)
+        notes["note"] = f"animated image: the first of its {frames} frames was used"
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        arr = np.asarray(im).astype(np.uint16)
+    elif mode == "I":  # 32-bit integers: 16-bit data (PNG 16-bit grey often opens as I)
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise RestoreError(f"this 32-bit integer image holds values from {arr.min()} to {arr.max()}; save it as "
+                               f"8- or 16-bit, or as a float array on [0, 1] (.npy).")
+        arr = arr.astype(np.uint16)
+    elif mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+    elif mode in ("L", "RGB"):
+        arr = np.asarray(im)
+    elif mode in ("1", "LA", "La"):
+        arr = np.asarray(im.convert("L"))
+    else:  # P, PA, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV: through PIL's own conversion to RGB
+        arr = np.asarray(im.convert("RGBA").convert("RGB") if mode in ("P", "PA") else im.convert("RGB"))
+    if mode not in ("L", "RGB", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        notes["converted"] = f"{mode} → {'grey' if arr.ndim == 2 else 'RGB'}"
+    return arr, notes
 
 
 def to_tensor(arr: np.ndarray, name: str = "array") -> torch.Tensor:
@@ -196,8 +233,12 @@ def to_tensor(arr: np.ndarray, name: str = "array") -> torch.Tensor:
         out = (arr.astype(np.float64) - min(info.min, 0)) / (info.max - min(info.min, 0))
     else:
         out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
-        raise RestoreError(f"'{name}' contains NaN or infinite values; clean the data first.")
+        if not np.isfinite(out).all():
+            raise RestoreError(f"'{name}' contains NaN or infinite values; clean the data first.")
+        lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 0.0)
+        if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+            raise RestoreError(f"'{name}' holds values from {lo:g} to {hi:g}, but float images are read on [0, 1]; "
+                               f"divide it by its full scale (e.g. 255 or {hi:g}) and save it again.")
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(out, -1, 0))).float()
 
 
@@ -328,16 +369,23 @@ def preview(y: torch.Tensor) -> torch.Tensor:
     return (y - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
+def find_images(inputs: list[str], exclude: "Path | None" = None) -> list[tuple[Path, Path]]:
     """Expand files and folders (recursively) into (path, path relative to its input root) pairs.
 
     In a folder: files with an image, NPY, NPZ or DICOM suffix, and files without a suffix that start with the DICOM
-    preamble; hidden files (``.name``: temporary ``.part`` files, macOS ``._name`` resource forks) are left out."""
+    preamble; hidden files (``.name``: temporary ``.part`` files, macOS ``._name`` resource forks) are left out, and
+    so is what restore wrote: the folder ``exclude`` (the run's --out) when it lies inside an input folder, restored
+    images that carry a restore sidecar, and the previews beside measurement files."""
+    from .outputs import carries_sidecar, inside
+
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if _is_input_file(f, p))
+            skip_out = exclude is not None and inside(exclude, p)
+            files = sorted(f for f in p.rglob("*") if _is_input_file(f, p)
+                           and not (skip_out and inside(f, exclude)) and not carries_sidecar(f)
+                           and not _is_preview(f))
             if not files:
                 raise RestoreError(f"the folder '{p}' holds no images (PNG, JPEG, TIFF, NPY, NPZ or DICOM); check "
                                    f"the path.")
@@ -347,6 +395,11 @@ def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
         else:
             raise RestoreError(f"the input '{p}' does not exist; check the path.")
     return found
+
+
+def _is_preview(f: Path) -> bool:
+    """The preview PNG that 'restore degrade' writes beside each measurement file."""
+    return f.stem.endswith("_measurement") and f.with_name(f.stem[:-len("_measurement")] + ".npz").is_file()
 
 
 def _is_input_file(f: Path, root: Path) -> bool:

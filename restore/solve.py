@@ -24,6 +24,7 @@ from .degrade import image_seed
 from .io import (Measurement, RestoreError, atomic_group, find_images, load_image, load_image_meta, load_measurement,
                  save_image, to_tensor, write_json)
 from .metrics import psnr, ssim
+from .outputs import OutputGuard, is_restore_sidecar, output_names
 from .solvers import get_solver, solve
 from .solvers.base import task_of
 
@@ -61,14 +62,16 @@ def load_plain_measurement(path: Path, spec: str) -> "torch.Tensor | tuple[torch
 
 
 def collect_jobs(inputs: list[str], operator: str | None, noise: str | None, mask: str | None, seed: int,
-                 reference: str | None) -> list[Job]:
+                 reference: str | None, out: "Path | None" = None) -> list[Job]:
+    """The jobs of a run: measurement files, or plain images measured by ``operator``. Folders are walked
+    recursively, leaving out ``out`` (the run's output folder) and what restore wrote (see ``find_images``)."""
     spec = operator
     if mask:
         if not Path(mask).is_file():
             raise RestoreError(f"the mask file '{mask}' does not exist; check the path.")
         spec = f"mask:kind=file,file={Path(mask).resolve()}"
     jobs = []
-    for path, rel in find_images(inputs):
+    for path, rel in find_images(inputs, exclude=out):
         if path.stem.endswith("_measurement") and path.with_name(path.stem[:-12] + ".npz").is_file():
             continue  # the preview that 'restore degrade' writes beside each measurement file
         if path.suffix.lower() == ".npz":
@@ -120,6 +123,27 @@ def _reference_for(job: Job, reference: str | None) -> Path | None:
     return None
 
 
+SKIPPED = "skipped: done by an earlier run (--overwrite redoes it)"
+#: more posterior samples than this is a typing mistake, not a run (each sample costs a full solve)
+MAX_SAMPLES = 1000
+
+
+def check_counts(batch_size: int = 1, samples: int = 1, steps: "int | None" = None) -> None:
+    """Refuse counts that cannot be meant, with one sentence each."""
+    if batch_size < 1:
+        raise RestoreError(f"--batch-size must be at least 1, got {batch_size}.")
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise RestoreError(f"--samples must be between 1 and {MAX_SAMPLES} (each sample is a full solve), got "
+                           f"{samples}.")
+    if steps is not None and steps < 1:
+        raise RestoreError(f"--steps must be at least 1, got {steps}.")
+
+
+def std_path(target: Path) -> Path:
+    """The per-pixel standard-deviation map written beside a K-sample mean."""
+    return target.with_name(target.stem + "_std" + target.suffix)
+
+
 def _stack_states(cls, states: list[dict]) -> dict:
     out = {}
     for name in states[0]:
@@ -141,9 +165,10 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
         steps: int | None = None, samples: int = 1, batch_size: int = 1, device: str = "auto",
         overwrite: bool = False, lpips_weights: str | None = None,
         progress: Callable[[str, int, int], None] | None = None, out_format: str = "png",
-        params: dict | None = None) -> list[dict]:
+        params: dict | None = None, protect: "list[str | Path]" = ()) -> list[dict]:
     """Solve every job; returns one row per image (status, output, metrics, cost). ``params`` override single solver
-    parameters on top of the preset (``--param KEY=VALUE``)."""
+    parameters on top of the preset (``--param KEY=VALUE``). No output is written over an input, a reference, a file
+    in ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
     import priors
 
     out = Path(out)
@@ -153,16 +178,24 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                        ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RestoreError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    check_counts(batch_size=batch_size, samples=samples, steps=steps)
     get_solver(solver_name, **(params or {}))  # an unknown solver or parameter is refused before any prior is loaded
-    prior = None if solver_name == "pinv" else priors.resolve(prior_name, device=str(dev))
     rows: list[dict] = []
     todo = []
-    for job in jobs:
-        target = out / job.rel.with_suffix(f".{out_format}")
-        if target.exists() and target.with_suffix(".json").exists() and not overwrite:
-            rows.append(dict(input=str(job.source), output=str(target), status="exists (skipped; --overwrite)"))
+    # every target is checked before any work: never an input of this run, never a file restore did not write
+    guard = OutputGuard([j.source for j in jobs] + [Path(j.reference_path) for j in jobs if j.reference_path]
+                        + [Path(p) for p in protect])
+    for job, name in zip(jobs, output_names([j.rel for j in jobs], f".{out_format}")):
+        target = out / name
+        sidecar = target.with_suffix(".json")
+        ours = is_restore_sidecar(sidecar)
+        for path in [sidecar, target] + ([std_path(target)] if samples > 1 else []):
+            guard.check(path, owned=ours)
+        if target.exists() and ours and not overwrite:
+            rows.append(dict(input=str(job.source), output=str(target), status=SKIPPED, skipped=True))
         else:
             todo.append((job, target))
+    prior = None if solver_name == "pinv" or not todo else priors.resolve(prior_name, device=str(dev))
     groups: dict[tuple, list] = {}
     for job, target in todo:
         key = (job.m.spec, tuple(job.m.image_shape), str(job.m.noise), tuple(job.m.y.shape[1:]))
@@ -199,7 +232,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                     reference = reference.mean(0, keepdim=True) if reference is not None else None
                 metrics = _metrics(estimate, reference, lpips_weights) if reference is not None else {}
                 sidecar = dict(
-                    input=str(job.source), output=str(target), reference=job.reference_path or None,
+                    written_by="restore", input=str(job.source), output=str(target), reference=job.reference_path or None,
                     input_values=job.m.source_meta or None,
                     operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
                     solver=solver_name, preset=solver.preset, params=result.params, samples=samples,
@@ -209,8 +242,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                     metrics=metrics, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                 # image (+ std map) and sidecar are written together: a failed write (full disk, Ctrl-C) keeps any
                 # earlier output as it was, and an image never sits beside a sidecar that describes another run
-                files = [target] + ([target.with_name(target.stem + "_std" + target.suffix)]
-                                    if result.std is not None else [])
+                files = [target] + ([std_path(target)] if result.std is not None else [])
                 with atomic_group(files + [target.with_suffix(".json")]) as tmps:
                     save_image(tmps[0], estimate, atomic=False)
                     if result.std is not None:
