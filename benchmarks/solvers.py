@@ -75,7 +75,7 @@ from operators import Noise, OperatorError  # noqa: E402
 from restore.bench import COLUMNS, summarise, write_report, write_results  # noqa: E402
 from restore.degrade import degrade_one, image_seed  # noqa: E402
 from restore.io import RestoreError, find_images, load_image, preview, save_image  # noqa: E402
-from restore.solve import Job, _check_prior_size, _make_solver, run  # noqa: E402
+from restore.solve import Job, _make_solver, fit_job, run  # noqa: E402
 from restore.solvers import SOLVERS, SolverError, get_solver, solve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -459,7 +459,7 @@ def check_support(label: str, preset: str | None, steps: int | None, job: Job, p
     op = job.m.operator()
     try:
         solver = _make_solver(name, preset, steps, op, prior, params)
-        _check_prior_size(prior, tuple(job.m.image_shape), name)
+        fit_job(job, prior.card, None, name)
         solver.check(op, prior)
     except (SolverError, RestoreError, OperatorError) as exc:
         return None, str(exc)

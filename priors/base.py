@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -122,6 +123,12 @@ class DiffusionPrior(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------------
     @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this for the network (an ADM UNet with L levels: 2**(L−1)); other sizes
+        are reflect-padded to it in ``model_output`` and cropped back, so any-size priors take any image."""
+        return int(getattr(getattr(self.net, "cfg", None), "size_multiple", 1) or 1)
+
+    @property
     def T(self) -> int:
         return self.card.timesteps
 
@@ -161,7 +168,15 @@ class DiffusionPrior(nn.Module):
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
-        out = self.net(x_t, t)
+        h, w = x_t.shape[-2:]
+        pad_h, pad_w = (-h) % self.size_multiple, (-w) % self.size_multiple
+        if pad_h or pad_w:  # reflect-pad to the network's multiple (half on each side) and crop the output back
+            top, left = pad_h // 2, pad_w // 2
+            x_t = F.pad(x_t, (left, pad_w - left, top, pad_h - top), mode="reflect" if min(h, w) > max(pad_h, pad_w)
+                        else "replicate")
+            out = self.net(x_t, t)[..., top:top + h, left:left + w]
+        else:
+            out = self.net(x_t, t)
         c = x_t.shape[1]
         if out.shape[1] == 2 * c:
             return out[:, :c], out[:, c:]

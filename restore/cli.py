@@ -77,7 +77,10 @@ def solve_command(
     lpips_weights: Optional[str] = typer.Option(None, "--lpips-weights", envvar="RESTORE_LPIPS_WEIGHTS",
                                                 help="LPIPS AlexNet weights file for offline use"),
     out: Path = typer.Option(..., "--out", help="output folder"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="redo images whose output exists"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="redo restore's own outputs that exist (never "
+                                   "another file)"),
+    fit: Optional[str] = typer.Option(None, "--fit", help="pad, crop or resize a plain image to the prior's size "
+                                      "(fixed-size priors) or training scale (ct, brain-mri)"),
 ):
     """Restore measurements with a diffusion solver; writes images and JSON sidecars (metrics when a ground truth
     is known)."""
@@ -96,7 +99,7 @@ def solve_command(
 
         rows = run(jobs, solver, prior, out, preset=preset, steps=steps, samples=samples, batch_size=batch_size,
                    device=device, overwrite=overwrite, lpips_weights=lpips_weights, progress=progress, params=params,
-                   protect=[mask] if mask else [])
+                   protect=[mask] if mask else [], fit=fit)
     _print_rows(rows, f"restore solve --solver {solver}")
     if any(r["status"] == "failed" for r in rows):
         for r in rows:
@@ -115,7 +118,19 @@ def _print_rows(rows, title):
         table.add_row(Path(r["input"]).name, r["status"], fmt(r.get("psnr"), ".2f"), fmt(r.get("ssim"), ".3f"),
                       fmt(r.get("lpips"), ".3f"), fmt(r.get("seconds"), ".2f"), str(r.get("nfe", "-")),
                       str(r["output"]))
+    written = [r for r in rows if r["status"] == "written"]
+    if len(written) > 1:
+        def mean(key):
+            values = [r[key] for r in written if isinstance(r.get(key), (int, float))]
+            return sum(values) / len(values) if values else None
+
+        table.add_section()
+        table.add_row(f"mean of {len(written)}", "", fmt(mean("psnr"), ".2f"), fmt(mean("ssim"), ".3f"),
+                      fmt(mean("lpips"), ".3f"), fmt(mean("seconds"), ".2f"), "", "", style="bold")
     console.print(table)
+    for r in rows:
+        for note in r.get("notes") or []:
+            err_console.print(f"[yellow]note:[/] {escape(Path(r['input']).name)}: {escape(note)}", highlight=False)
 
 
 @app.command("bench")

@@ -24,6 +24,8 @@ from .degrade import image_seed
 from .io import (Measurement, RestoreError, atomic_group, find_images, load_image, load_image_meta, load_measurement,
                  save_image, to_tensor, write_json)
 from .metrics import psnr, ssim
+from .fit import Fit, fit_measurement, fit_reference, scale_warning, unfit
+from .fit import plan as plan_fit
 from .outputs import OutputGuard, is_restore_sidecar, output_names
 from .solvers import get_solver, solve
 from .solvers.base import task_of
@@ -36,6 +38,9 @@ class Job:
     m: Measurement
     reference: torch.Tensor | None = None
     reference_path: str = ""
+    plain: bool = False                  # a plain image measured by --operator (not a measurement file)
+    fit: Fit | None = None               # how it was fitted to the prior (--fit), set by run()
+    notes: list = dataclasses.field(default_factory=list)  # warnings for the terminal and the sidecar
 
 
 def load_plain_measurement(path: Path, spec: str) -> "torch.Tensor | tuple[torch.Tensor, dict]":
@@ -96,7 +101,9 @@ def collect_jobs(inputs: list[str], operator: str | None, noise: str | None, mas
             state = {k: v for k, v in op.state_dict().items()}
             m = Measurement(y=y[None], spec=str(parsed), image_shape=shape, noise=Noise.parse(noise or 0), seed=s,
                             state=state, source="", source_meta=meta)
-        job = Job(path, rel, m)
+        job = Job(path, rel, m, plain=path.suffix.lower() != ".npz")
+        if (m.source_meta or {}).get("note"):
+            job.notes.append(m.source_meta["note"])
         ref = _reference_for(job, reference)
         if ref is not None:
             job.reference_path = str(ref)
@@ -124,6 +131,8 @@ def _reference_for(job: Job, reference: str | None) -> Path | None:
 
 
 SKIPPED = "skipped: done by an earlier run (--overwrite redoes it)"
+#: the smallest image side a prior restores (an ADM UNet with four levels halves 8 pixels three times)
+MIN_SIDE = 8
 #: more posterior samples than this is a typing mistake, not a run (each sample costs a full solve)
 MAX_SAMPLES = 1000
 
@@ -165,9 +174,10 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
         steps: int | None = None, samples: int = 1, batch_size: int = 1, device: str = "auto",
         overwrite: bool = False, lpips_weights: str | None = None,
         progress: Callable[[str, int, int], None] | None = None, out_format: str = "png",
-        params: dict | None = None, protect: "list[str | Path]" = ()) -> list[dict]:
+        params: dict | None = None, protect: "list[str | Path]" = (), fit: str | None = None) -> list[dict]:
     """Solve every job; returns one row per image (status, output, metrics, cost). ``params`` override single solver
-    parameters on top of the preset (``--param KEY=VALUE``). No output is written over an input, a reference, a file
+    parameters on top of the preset (``--param KEY=VALUE``); ``fit`` (pad, crop, resize) fits plain images to the
+    prior's size (``restore.fit``). No output is written over an input, a reference, a file
     in ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
     import priors
 
@@ -196,6 +206,8 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
         else:
             todo.append((job, target))
     prior = None if solver_name == "pinv" or not todo else priors.resolve(prior_name, device=str(dev))
+    card = prior.card if prior is not None else None
+    todo = [(fit_job(job, card, fit, solver_name), target) for job, target in todo]  # refusals before any work
     groups: dict[tuple, list] = {}
     for job, target in todo:
         key = (job.m.spec, tuple(job.m.image_shape), str(job.m.noise), tuple(job.m.y.shape[1:]))
@@ -212,7 +224,6 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
             op = operators.build(spec, solve_shape, seeds=seeds, device=dev,
                                  state=_stack_states(cls, [j.m.state for j, _ in chunk]))
             solver = _make_solver(solver_name, preset, steps, op, the_prior, params)
-            _check_prior_size(the_prior, shape, solver_name)
             label = ", ".join(str(j.rel) for j, _ in chunk)
             result = solve(solver, y, op, the_prior, seeds, noise=noise_model, samples=samples,
                            progress=(lambda i, n, label=label: progress(label, i, n)) if progress else None)
@@ -226,10 +237,14 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                     rows.append(row)
                     continue
                 estimate = result.x[i].cpu()
+                std = result.std[i].cpu() if result.std is not None else None
                 reference = job.reference
                 if estimate.shape[0] != shape[0]:  # solved with the prior's channels: back to the input's
                     estimate = estimate.mean(0, keepdim=True)
                     reference = reference.mean(0, keepdim=True) if reference is not None else None
+                if job.fit is not None:  # back from the prior's size (--fit)
+                    estimate, reference = unfit(estimate, job.fit), fit_reference(reference, job.fit)
+                    std = unfit(std, job.fit) if std is not None else None
                 metrics = _metrics(estimate, reference, lpips_weights) if reference is not None else {}
                 sidecar = dict(
                     written_by="restore", input=str(job.source), output=str(target), reference=job.reference_path or None,
@@ -238,18 +253,17 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                     solver=solver_name, preset=solver.preset, params=result.params, samples=samples,
                     prior=_prior_info(prior), device=str(dev), versions=versions(),
                     cost=dict(result.cost.to_dict(), batch=len(chunk), seconds_per_image=per_image_seconds),
-                    channels=channel_note,
+                    channels=channel_note, fit=job.fit.to_dict() if job.fit else None, warnings=job.notes,
                     metrics=metrics, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                 # image (+ std map) and sidecar are written together: a failed write (full disk, Ctrl-C) keeps any
                 # earlier output as it was, and an image never sits beside a sidecar that describes another run
                 files = [target] + ([std_path(target)] if result.std is not None else [])
                 with atomic_group(files + [target.with_suffix(".json")]) as tmps:
                     save_image(tmps[0], estimate, atomic=False)
-                    if result.std is not None:
-                        std = result.std[i] / result.std[i].max().clamp_min(1e-12)
-                        save_image(tmps[1], std.cpu(), atomic=False)
+                    if std is not None:
+                        save_image(tmps[1], std / std.max().clamp_min(1e-12), atomic=False)
                     write_json(tmps[-1], sidecar, atomic=False)
-                row.update(status="written", **metrics)
+                row.update(status="written", notes=job.notes, **metrics)
                 rows.append(row)
     return rows
 
@@ -306,18 +320,23 @@ def parse_params(items: "list[str] | None") -> dict:
     return out
 
 
-def _check_prior_size(prior, shape, solver_name: str) -> None:
-    card = prior.card
-    if solver_name == "pinv" or card.name == "none":
-        return
-    size = card.image_size
-    fixed = size and not card.extra.get("any_size", False)
-    if fixed and tuple(shape[1:]) != (size, size) and not card.latent:
-        raise RestoreError(f"prior '{card.name}' restores {size}×{size} images but this one is {shape[1]}×{shape[2]}; "
-                           f"resize or crop the input to {size}×{size}, or use a prior for this size.")
-    if card.latent and fixed and tuple(shape[1:]) != (size, size):
-        raise RestoreError(f"prior '{card.name}' restores {size}×{size} images but this one is {shape[1]}×{shape[2]}; "
-                           f"resize or crop the input to {size}×{size}.")
+def fit_job(job: Job, card, mode: "str | None", solver_name: str) -> Job:
+    """The job as it will be solved: refused (one sentence) if the prior cannot take the image, fitted to the prior
+    with ``--fit`` (see ``restore.fit``), and with a note when the image is at a scale the prior never saw."""
+    if solver_name == "pinv" or card is None:
+        return job
+    shape = tuple(job.m.image_shape)
+    if min(shape[1:]) < MIN_SIDE:
+        raise RestoreError(f"'{job.source}' makes a {shape[1]}×{shape[2]} image, smaller than the {MIN_SIDE}×{MIN_SIDE} "
+                           f"that prior '{card.name}' can restore; give a larger image.")
+    fit = plan_fit(card, job.m.spec, shape, mode, plain=job.plain)
+    if fit is None:
+        warning = scale_warning(card, shape)
+        return job if warning is None else dataclasses.replace(job, notes=job.notes + [warning])
+    y, noise = fit_measurement(job.m.y, fit, job.m.spec, job.m.noise)
+    op = operators.build(job.m.spec, fit.fitted_shape, seeds=[job.m.seed])
+    m = dataclasses.replace(job.m, y=y, image_shape=fit.fitted_shape, noise=noise, state=dict(op.state_dict()))
+    return dataclasses.replace(job, m=m, fit=fit, notes=job.notes + [fit.note()])
 
 
 def _prior_info(prior) -> dict:

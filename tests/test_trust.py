@@ -157,3 +157,175 @@ def test_the_mask_file_and_the_reference_are_protected_too(tmp_path, capsys):
     # the mask as an input and as the mask: refused, untouched
     code, _, err = run(capsys, "solve", mask, "--mask", mask, "--solver", "pinv", "--out", tmp_path / "in")
     assert code == 2 and mask.read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 2. inputs
+
+
+def _rgb(h=16, w=16, seed=0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def test_cmyk_jpeg_keeps_its_colours(tmp_path):
+    rgb = _rgb(32, 32)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    x = load_image(tmp_path / "c.jpg")
+    ref = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    assert x.shape == (3, 32, 32)
+    assert float((x - ref).abs().mean()) < 0.03  # JPEG round-off; inverted colours would be ~0.5 away
+
+
+@pytest.mark.parametrize("mode", ["P", "LA", "1", "YCbCr", "RGBA", "I;16", "F", "CMYK"])
+def test_every_pil_mode_is_converted_by_its_meaning(mode):
+    from restore.io import pil_to_array, to_tensor
+
+    rgb = Image.fromarray(_rgb(8, 8))
+    grey = rgb.convert("L")
+    if mode == "I;16":
+        im = Image.fromarray((np.asarray(grey).astype(np.uint16) * 257))
+        expect = np.asarray(grey) / 255.0
+    elif mode == "F":
+        im = Image.fromarray(np.asarray(grey).astype(np.float32) / 255.0, mode="F")
+        expect = np.asarray(grey) / 255.0
+    else:
+        im = (grey if mode in ("LA", "1") else rgb).convert(mode)
+        expect = np.asarray(im.convert("L" if mode in ("LA", "1") else "RGB")) / 255.0
+    arr, _ = pil_to_array(im)
+    x = to_tensor(arr).numpy()
+    expect = expect[None] if expect.ndim == 2 else np.moveaxis(expect, -1, 0)
+    assert x.shape == expect.shape and np.abs(x - expect).max() < 2 / 255
+
+
+def test_animated_image_gives_its_first_frame_with_a_note(tmp_path, capsys):
+    frames = [Image.fromarray(_rgb(16, 16, seed=s)) for s in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    code, out, err = run(capsys, *pinv(tmp_path / "anim.gif", "--out", tmp_path / "out"))
+    assert code == 0, err
+    side = json.loads((tmp_path / "out" / "anim.json").read_text())
+    assert any("first of its 3 frames" in w for w in side["warnings"])
+    assert "first of its 3 frames" in " ".join((out + err).split())
+
+
+@pytest.mark.parametrize("maker, fragment", [
+    (lambda p: np.save(p / "big.npy", np.linspace(0, 1000, 3 * 16 * 16).reshape(3, 16, 16).astype(np.float32)),
+     "values from 0 to 1000"),
+    (lambda p: np.save(p / "neg.npy", -np.ones((16, 16), np.float32)), "values from -1 to -1"),
+])
+def test_float_images_far_outside_0_1_are_refused(tmp_path, capsys, maker, fragment):
+    maker(tmp_path)
+    name = next(tmp_path.glob("*.npy"))
+    code, out, err = run(capsys, *pinv(name, "--out", tmp_path / "out"))
+    assert code == 2 and fragment in err and "Traceback" not in out + err
+
+
+def test_mask_with_values_outside_0_1_is_refused(tmp_path, capsys):
+    photos(tmp_path, names=("a.png",))
+    np.save(tmp_path / "m.npy", np.full((16, 16), 7.0))
+    code, _, err = run(capsys, "solve", tmp_path / "a.png", "--mask", tmp_path / "m.npy", "--solver", "pinv",
+                       "--out", tmp_path / "out")
+    assert code == 2 and "values from 7 to 7" in err and "0 (missing) and 1 (observed)" in err
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--batch-size", "0", "--batch-size must be at least 1"),
+    ("--batch-size", "-3", "--batch-size must be at least 1"),
+    ("--samples", "100000000", "--samples must be between 1 and 1000"),
+    ("--samples", "0", "--samples must be between 1 and 1000"),
+    ("--steps", "0", "--steps must be at least 1"),
+])
+def test_counts_that_cannot_be_meant_are_refused(tmp_path, capsys, flag, value, fragment):
+    photos(tmp_path / "in", names=("a.png",))
+    code, out, err = run(capsys, *pinv(tmp_path / "in", "--out", tmp_path / "out", flag, value))
+    assert code == 2 and fragment in err and "Traceback" not in out + err
+    assert not (tmp_path / "out").exists()
+
+
+def _tiny_prior(folder: Path, size: int = 16, any_size: bool = False, train_size: int = 0) -> Path:
+    from safetensors.torch import save_file
+
+    from solver_testing import tiny_unet_prior
+
+    prior = tiny_unet_prior(channels=3, size=size)
+    path = folder / f"tiny{size}.safetensors"
+    save_file({k: v.contiguous() for k, v in prior.net.state_dict().items()}, str(path))
+    card = prior.card
+    card.architecture = {"kind": "adm", **prior.net.cfg.to_dict()}
+    if any_size:
+        card.extra.update(any_size=True, train_size=train_size or size)
+    path.with_suffix(".json").write_text(json.dumps(card.to_dict()))
+    return path
+
+
+def test_any_size_prior_takes_sizes_the_network_does_not_divide(tmp_path, capsys):
+    prior = _tiny_prior(tmp_path, any_size=True)  # two levels: sides must be even for the network
+    save_image(tmp_path / "odd.png", torch.rand(3, 25, 19))
+    code, out, err = run(capsys, "solve", tmp_path / "odd.png", "--solver", "ddnm", "--steps", "2", "--prior", prior,
+                         "-o", "denoise", "--noise", "0.05", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert load_image(tmp_path / "out" / "odd.png").shape == (3, 25, 19)
+    # too small to restore: one sentence
+    save_image(tmp_path / "dot.png", torch.rand(3, 1, 1))
+    code, out, err = run(capsys, "solve", tmp_path / "dot.png", "--solver", "ddnm", "--steps", "2", "--prior", prior,
+                         "-o", "denoise", "--out", tmp_path / "out2")
+    assert code == 2 and "smaller than the 8×8" in err
+
+
+def test_padding_equals_the_network_on_a_reflect_padded_input():
+    """The padded evaluation is exactly the network on the reflect-padded image, cropped back."""
+    import torch.nn.functional as F
+
+    from solver_testing import tiny_unet_prior
+
+    prior = tiny_unet_prior(size=16)
+    x, t = torch.randn(1, 3, 15, 13), torch.tensor([300.0])
+    with torch.no_grad():
+        got, _ = prior.model_output(x, t)
+        ref = prior.net(F.pad(x, (0, 1, 0, 1), mode="reflect"), t)[..., :15, :13]
+    assert got.shape == x.shape and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("mode, size, out_shape", [("pad", (12, 10), (12, 10)), ("crop", (24, 20), (16, 16)),
+                                                    ("resize", (40, 36), (40, 36))])
+def test_fit_fits_a_plain_image_to_a_fixed_size_prior(tmp_path, capsys, mode, size, out_shape):
+    prior = _tiny_prior(tmp_path)
+    clean = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    save_image(tmp_path / "x.png", clean)
+    args = ["solve", tmp_path / "x.png", "--solver", "ddnm", "--steps", "2", "--prior", prior, "-o", "denoise",
+            "--noise", "0.05", "--out", tmp_path / "out"]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--fit pad, crop or resize" in err and "natural" in err
+    code, _, err = run(capsys, *args, "--fit", mode, "--reference", tmp_path / "x.png")
+    assert code == 0, err
+    assert load_image(tmp_path / "out" / "x.png").shape == (3, *out_shape)
+    side = json.loads((tmp_path / "out" / "x.json").read_text())
+    assert side["fit"]["mode"] == mode and side["fit"]["fitted_shape"] == [3, 16, 16] and side["metrics"]["psnr"] > 0
+
+
+def test_fit_refusals_name_what_works(tmp_path, capsys):
+    prior = _tiny_prior(tmp_path)
+    save_image(tmp_path / "x.png", torch.rand(3, 24, 24))
+    base = ["solve", tmp_path / "x.png", "--solver", "ddnm", "--steps", "2", "--prior", prior, "--out", tmp_path / "o"]
+    code, _, err = run(capsys, *base, "-o", "deblur-gauss", "--fit", "resize")
+    assert code == 2 and "blur kernel's scale" in err and "--fit pad or crop" in err
+    code, _, err = run(capsys, *base, "-o", "denoise", "--fit", "pad")
+    assert code == 2 and "use --fit crop or resize" in err
+    code, _, err = run(capsys, *base, "-o", "denoise", "--fit", "squeeze")
+    assert code == 2 and "--fit must be pad, crop or resize" in err
+
+
+def test_a_slice_at_a_scale_the_prior_never_saw_is_said(tmp_path, capsys):
+    prior = _tiny_prior(tmp_path, size=32, any_size=True, train_size=16)  # like ct: 32² slices, 16² crops
+    save_image(tmp_path / "big.png", torch.rand(3, 96, 96))
+    args = ["solve", tmp_path / "big.png", "--solver", "ddnm", "--steps", "2", "--prior", prior, "-o", "denoise",
+            "--noise", "0.05"]
+    code, out, err = run(capsys, *args, "--out", tmp_path / "out")
+    assert code == 0, err
+    said = " ".join((out + err).split())
+    assert "trained on 32×32 images but this one is 96×96" in said
+    assert "never saw" in json.loads((tmp_path / "out" / "big.json").read_text())["warnings"][0]
+    code, out, err = run(capsys, *args, "--fit", "resize", "--out", tmp_path / "out2")
+    assert code == 0, err
+    side = json.loads((tmp_path / "out2" / "big.json").read_text())
+    assert side["fit"]["fitted_shape"] == [3, 32, 32] and not any("never saw" in w for w in side["warnings"])
+    assert load_image(tmp_path / "out2" / "big.png").shape == (3, 96, 96)
