@@ -81,17 +81,18 @@ def solve_command(
                                    "another file)"),
     fit: Optional[str] = typer.Option(None, "--fit", help="pad, crop or resize a plain image to the prior's size "
                                       "(fixed-size priors) or training scale (ct, brain-mri)"),
+    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check", help="refuse a run whose estimated "
+                                      "memory exceeds the free memory"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default)"),
 ):
     """Restore measurements with a diffusion solver; writes images and JSON sidecars (metrics when a ground truth
     is known)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
+    set_threads(threads)
     from .solve import collect_jobs, parse_params, run
 
     params = parse_params(param)
     jobs = collect_jobs(inputs, operator, noise, mask, seed, reference, out=out)
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("solving", total=None)
 
         def progress(label, i, n):
@@ -99,7 +100,8 @@ def solve_command(
 
         rows = run(jobs, solver, prior, out, preset=preset, steps=steps, samples=samples, batch_size=batch_size,
                    device=device, overwrite=overwrite, lpips_weights=lpips_weights, progress=progress, params=params,
-                   protect=[mask] if mask else [], fit=fit)
+                   protect=[mask] if mask else [], fit=fit, memory_check=memory_check,
+                   notify=lambda text: bar.console.print(f"[bold]{escape(text)}[/]", highlight=False))
     _print_rows(rows, f"restore solve --solver {solver}")
     if any(r["status"] == "failed" for r in rows):
         for r in rows:
@@ -107,6 +109,24 @@ def solve_command(
                 err_console.print(f"[bold red]failed:[/] {escape(str(r['input']))}: {escape(str(r['error']))}",
                                   highlight=False)
         raise typer.Exit(1)
+
+
+def progress_bar():
+    """A transient bar with elapsed and remaining time (rich)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), "remaining", TimeRemainingColumn(), console=console, transient=True)
+
+
+def set_threads(threads: int) -> None:
+    """--threads: torch's intra-op threads (0 keeps torch's default, which OMP_NUM_THREADS sets)."""
+    if threads < 0:
+        raise RestoreError(f"--threads must be 0 (torch's default) or more, got {threads}.")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _print_rows(rows, title):
@@ -150,11 +170,13 @@ def bench_command(
     device: str = typer.Option("auto", "--device"),
     lpips_weights: Optional[str] = typer.Option(None, "--lpips-weights", envvar="RESTORE_LPIPS_WEIGHTS"),
     out: Path = typer.Option(..., "--out"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default)"),
 ):
     """Benchmark solvers on clean images: degrade, solve, and report PSNR/SSIM/LPIPS/time (always beside pinv).
     'restore bench merge SHARD_DIR... --out DIR' joins sharded runs."""
     from .bench import bench, merge
 
+    set_threads(threads)
     if images and images[0] == "merge":
         rows = merge(images[1:], out)
         console.print(f"merged {len(rows)} rows into {out / 'results.csv'} and {out / 'report.md'}")
@@ -167,10 +189,7 @@ def bench_command(
 
     for name in solvers:
         get_solver(name)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("bench", total=None)
         rows = bench(images, specs, solvers, prior, out, noise=noise, limit=limit, preset=preset, steps=steps,
                      seed=seed, shard=shard, batch_size=batch_size, device=device, lpips_weights=lpips_weights,
@@ -377,10 +396,12 @@ def prior_train(
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="output folder"),
     lpips_weights: Optional[str] = typer.Option(None, "--lpips-weights", envvar="RESTORE_LPIPS_WEIGHTS"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default)"),
 ):
     """Degrade the shipped sample images and restore them with the embedded priors (beside the A⁺y baseline)."""
     from .demo import run_demo
 
+    set_threads(threads)
     run_demo(out, console, lpips_weights=lpips_weights)
 
 

@@ -27,6 +27,7 @@ from .metrics import psnr, ssim
 from .fit import Fit, fit_measurement, fit_reference, scale_warning, unfit
 from .fit import plan as plan_fit
 from .outputs import OutputGuard, is_restore_sidecar, output_names
+from .resources import check_memory, duration, expected_nfe, seconds_per_evaluation
 from .solvers import get_solver, solve
 from .solvers.base import task_of
 
@@ -174,10 +175,12 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
         steps: int | None = None, samples: int = 1, batch_size: int = 1, device: str = "auto",
         overwrite: bool = False, lpips_weights: str | None = None,
         progress: Callable[[str, int, int], None] | None = None, out_format: str = "png",
-        params: dict | None = None, protect: "list[str | Path]" = (), fit: str | None = None) -> list[dict]:
+        params: dict | None = None, protect: "list[str | Path]" = (), fit: str | None = None,
+        memory_check: bool = True, notify: Callable[[str], None] | None = None) -> list[dict]:
     """Solve every job; returns one row per image (status, output, metrics, cost). ``params`` override single solver
     parameters on top of the preset (``--param KEY=VALUE``); ``fit`` (pad, crop, resize) fits plain images to the
-    prior's size (``restore.fit``). No output is written over an input, a reference, a file
+    prior's size (``restore.fit``). Before any work the largest batch's memory is checked against the free memory
+    (``memory_check``) and, through ``notify``, a long run says its estimated time. No output is written over an input, a reference, a file
     in ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
     import priors
 
@@ -212,6 +215,11 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
     for job, target in todo:
         key = (job.m.spec, tuple(job.m.image_shape), str(job.m.noise), tuple(job.m.y.shape[1:]))
         groups.setdefault(key, []).append((job, target))
+    for (spec, shape, _, _), items in groups.items():
+        if memory_check:
+            check_memory(shape, min(batch_size, len(items)), card, solver_name, dev, f"'{items[0][0].source}'")
+    if prior is not None and notify is not None and todo:
+        _announce(groups, batch_size, samples, prior, solver_name, preset, steps, params, dev, notify)
     for (spec, shape, noise_text, _), items in groups.items():
         cls = operators.OPERATORS[operators.parse(spec).family]
         for start in range(0, len(items), batch_size):
@@ -318,6 +326,25 @@ def parse_params(items: "list[str] | None") -> dict:
             raise RestoreError(f"--param takes KEY=VALUE (e.g. scale=0.3), got '{item}'.")
         out[key.strip()] = value.strip()
     return out
+
+
+#: runs estimated to take longer than this say so before they start
+ANNOUNCE_SECONDS = 30.0
+
+
+def _announce(groups, batch_size, samples, prior, solver_name, preset, steps, params, dev, notify) -> None:
+    """Say the estimated time of a long run before it starts (one timed network evaluation per image size)."""
+    total, images = 0.0, 0
+    for (spec, shape, _, _), items in groups.items():
+        op = operators.build(spec, shape, seeds=[items[0][0].m.seed], device=dev, state=items[0][0].m.state)
+        nfe = expected_nfe(_make_solver(solver_name, preset, steps, op, prior, params).params)
+        batch = min(batch_size, len(items))
+        batches = -(-len(items) // batch)
+        total += seconds_per_evaluation(prior, (prior.card.channels, *shape[1:]), batch, dev) * nfe * samples * batches
+        images += len(items)
+    if total > ANNOUNCE_SECONDS:
+        notify(f"estimated time: about {duration(total)} for {images} image{'s' * (images > 1)} "
+               f"({solver_name}, {samples} sample{'s' * (samples > 1)} each); Ctrl-C stops it, and a rerun resumes.")
 
 
 def fit_job(job: Job, card, mode: "str | None", solver_name: str) -> Job:

@@ -329,3 +329,34 @@ def test_a_slice_at_a_scale_the_prior_never_saw_is_said(tmp_path, capsys):
     side = json.loads((tmp_path / "out2" / "big.json").read_text())
     assert side["fit"]["fitted_shape"] == [3, 32, 32] and not any("never saw" in w for w in side["warnings"])
     assert load_image(tmp_path / "out2" / "big.png").shape == (3, 96, 96)
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import restore.resources as resources
+
+    monkeypatch.setattr(resources, "memory_free", lambda device: 50 * 2**20)
+    save_image(tmp_path / "big.png", torch.rand(3, 256, 256))
+    args = ["solve", tmp_path / "big.png", "--solver", "ddnm", "--prior", "natural", "-o", "denoise", "--noise",
+            "0.05", "--steps", "1", "--out", tmp_path / "out"]
+    code, out, err = run(capsys, *args)
+    assert code == 2 and "needs about" in err and "50 MB is free" in err and "--no-memory-check" in err
+    assert not (tmp_path / "out").exists()
+    # the estimate is what the issue saw for pinv on a 10,000² photo (more than 8 GB), and the override runs
+    from priors.registry import card_of
+
+    assert resources.memory_needed((3, 10_000, 10_000), 1, None, "pinv") > 8 * 2**30
+    assert resources.memory_needed((3, 512, 512), 1, card_of("natural"), "dps") > \
+        resources.memory_needed((3, 512, 512), 1, card_of("natural"), "ddnm")
+    code, out, err = run(capsys, *args, "--no-memory-check")
+    assert code == 0, err
+
+
+def test_a_long_run_says_its_estimated_time_first(tmp_path, capsys, monkeypatch):
+    import restore.solve as rsolve
+
+    monkeypatch.setattr(rsolve, "ANNOUNCE_SECONDS", 0.0)
+    photos(tmp_path / "in", names=("a.png", "b.png"), size=32)
+    code, out, err = run(capsys, "solve", tmp_path / "in", "--solver", "ddnm", "--prior", "natural", "-o", "denoise",
+                         "--noise", "0.05", "--steps", "3", "--out", tmp_path / "out", "--threads", "1")
+    assert code == 0, err
+    assert "estimated time: about" in " ".join(out.split()) and "for 2 images" in " ".join(out.split())
