@@ -96,6 +96,8 @@ def card_of(name: str) -> PriorCard:
         return embedded[name][0]
     if name in PUBLIC:
         return PUBLIC[name].card()
+    if Path(name).expanduser().exists():  # a checkpoint file or diffusers folder: its card as it loads
+        return resolve(name).card
     raise PriorError(f"unknown prior '{name}'; use one of {', '.join(known_names())} or a path to a checkpoint "
                      f"('restore list priors' shows them).")
 

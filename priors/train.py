@@ -236,12 +236,30 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     """Train (or resume) and write the final weights and model card. Returns (weights path, card path)."""
     data = ImageFolder(cfg.data, cfg.size, cfg.channels, cfg.crop, cfg.max_images, cfg.value_map,
                        progress=lambda i, n: log(f"loading images {i}/{n}") if i == n else None, load_size=cfg.load_size)
+    for warning in training_warnings(len(data), cfg.steps, cfg.batch_size):
+        log(f"warning: {warning}")
     fitted = fit(cfg, data, log, on_step)
     shapes = {a.shape[:2] for a in data.images}
     (h, w), = shapes if len(shapes) == 1 else [(0, 1)]
     native = h if h == w else None  # all images one square size
     return export(cfg, fitted.ema, fitted.adm, fitted.step, fitted.seconds, fitted.device, len(data),
                   native_size=native)
+
+
+#: below these a prior learns little: the embedded ones saw 80–22,407 images for 1,400–8,000 steps of batch 16
+FEW_IMAGES, FEW_IMAGES_SEEN = 50, 20_000
+
+
+def training_warnings(images: int, steps: int, batch_size: int) -> list[str]:
+    """What a user should hear before a training that cannot give a useful prior."""
+    out = []
+    if images < FEW_IMAGES:
+        out.append(f"{images} training images is very few (a prior memorises them, or learns noise); use at least "
+                   f"{FEW_IMAGES}, better thousands.")
+    if steps * batch_size < FEW_IMAGES_SEEN:
+        out.append(f"{steps} steps of batch {batch_size} ({steps * batch_size:,} images seen) is far too short to "
+                   f"learn a prior (the embedded ones saw 22,000–128,000); samples will look like noise.")
+    return out
 
 
 def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print,

@@ -275,7 +275,7 @@ def list_priors_command():
 
 
 @prior_app.command("show")
-def prior_show(name: str = typer.Argument(..., help="prior name (restore list priors)")):
+def prior_show(name: str = typer.Argument(..., help="prior name (restore list priors) or checkpoint path")):
     """Print a prior's model card."""
     import json
 
@@ -347,6 +347,10 @@ def prior_train(
 
     from priors.train import ARCHITECTURES, TrainConfig, train
 
+    if steps < 1 or batch_size < 1 or lr <= 0 or not 0 <= ema < 1 or checkpoint_every < 1:
+        raise PriorError("--steps, --batch-size and --checkpoint-every must be at least 1, --lr positive and --ema in "
+                         f"[0, 1); got steps {steps}, batch size {batch_size}, checkpoint every {checkpoint_every}, lr "
+                         f"{lr:g}, ema {ema:g}.")
     if crop not in ("resize", "random"):
         raise PriorError(f"--crop must be resize or random, got '{crop}'.")
     if arch not in ARCHITECTURES and not arch.strip().startswith("{"):

@@ -188,6 +188,23 @@ def test_prior_cli_train_show_verify(tmp_path, capsys):
     assert code == 0 and "sha256" in out and "loads exactly" in out
     assert main(["prior", "train", str(tmp_path / "nowhere"), "--name", "x"]) == 2
     assert main(["prior", "verify", str(tmp_path / "nowhere.pt")]) == 2
+    # a short run on few images is said; a run of 0 steps is refused (it would write an untrained prior)
+    capsys.readouterr()
+    code = main(["prior", "train", str(tmp_path / "data"), "--name", "zero", "--out", str(tmp_path / "out"),
+                 "--size", "16", "--arch", "tiny", "--steps", "0", "--work-dir", str(tmp_path / "w0")])
+    assert code == 2 and "--steps" in capsys.readouterr().err and not (tmp_path / "out" / "zero.safetensors").exists()
+    # prior show takes a checkpoint path, as its help says
+    code = main(["prior", "show", str(tmp_path / "out" / "cli.safetensors")])
+    shown = capsys.readouterr().out
+    assert code == 0 and '"image_size": 16' in shown
+
+
+def test_training_warnings_for_few_images_and_short_runs():
+    from priors.train import training_warnings
+
+    assert training_warnings(22_407, 4_600, 16) == []
+    few = " ".join(training_warnings(8, 30, 16))
+    assert "8 training images is very few" in few and "30 steps of batch 16 (480 images seen)" in few
 
 
 def test_prior_cli_trains_a_latent_prior(tmp_path, capsys):
