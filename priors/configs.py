@@ -25,8 +25,28 @@ ADM_CONFIGS: dict[str, ADMConfig] = {
 }
 
 
-# our own priors' architectures (priors.train.ARCHITECTURES) at their native size and channels
-from .train import ARCHITECTURES  # noqa: E402
+#: named architectures for our small priors (guided-diffusion argument names)
+ARCHITECTURES: dict[str, dict] = {
+    # a few hundred thousand parameters: tests and smoke runs
+    "tiny": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="",
+                 num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
+    # what 2 CPU cores can train in a session (1.6 M parameters, ~13 img/s on one core)
+    "cpu64": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2", attention_resolutions="8",
+                  num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
+    # the embedded 64×64 priors when a GPU trains them
+    # convolutional (only the ADM middle block attends, over any number of tokens): trained on random crops, used on whole images of any size that 8 divides
+    # (natural photographs, and the 128×128 MRI / CT priors trained on 64×64 crops of their images)
+    "cpu-conv": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2", attention_resolutions="",
+                     num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
+    "small64": dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2,2", attention_resolutions="16,8",
+                    num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True),
+    # the embedded 128×128 grey priors (MRI, CT)
+    "small128": dict(num_channels=64, num_res_blocks=2, channel_mult="1,1,2,2,4", attention_resolutions="16,8",
+                     num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True),
+}
+
+
+# our own priors' architectures at their native size and channels
 
 for _name, _size, _channels in (("cpu64", 64, 3), ("small64", 64, 3), ("small128", 128, 1)):
     ADM_CONFIGS[_name] = ADMConfig.from_dict(dict(ARCHITECTURES[_name], image_size=_size, in_channels=_channels))

@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .base import DiffusionPrior, PriorCard, PriorError, sha256_file
-from .configs import ADM_CONFIGS
-from .load import load_prior_file
+from .card import PriorCard, PriorError, sha256_file
+
+# torch-heavy pieces (the ADM configurations and the loader) are imported where a prior is loaded, so that listing
+# and showing cards stays fast
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 
@@ -40,7 +41,13 @@ class PublicCheckpoint:
     note: str = ""
     sha256: str = ""            # not published by the authors: recorded at the first fetch (see fetch)
 
+    image_size: int = 256
+    channels: int = 3
+    learned_variance: bool = True
+
     def card(self) -> PriorCard:
+        from .configs import ADM_CONFIGS
+
         cfg = ADM_CONFIGS[self.config]
         return PriorCard(name=self.name, image_size=cfg.image_size, channels=cfg.in_channels, domain=self.domain,
                          learned_variance=cfg.learn_sigma, training_data=self.training_data, licence=self.licence,
@@ -81,8 +88,10 @@ def list_priors() -> list[dict]:
         rows.append(dict(name=name, kind="embedded", location=str(path), available=path.is_file(), card=card))
     for name, pub in PUBLIC.items():
         path = cache_dir() / pub.filename
+        light = PriorCard(name=name, image_size=pub.image_size, channels=pub.channels, domain=pub.domain,
+                          learned_variance=pub.learned_variance, training_data=pub.training_data, licence=pub.licence)
         rows.append(dict(name=name, kind="public", location=str(path) if path.is_file() else pub.url,
-                         available=path.is_file(), card=pub.card()))
+                         available=path.is_file(), card=light))
     return rows
 
 
@@ -102,8 +111,11 @@ def card_of(name: str) -> PriorCard:
                      f"('restore list priors' shows them).")
 
 
-def resolve(name_or_path: str, device: str = "cpu") -> DiffusionPrior:
+def resolve(name_or_path: str, device: str = "cpu") -> "DiffusionPrior":  # noqa: F821
     """A DiffusionPrior from an embedded or public name, a checkpoint file, or a diffusers folder."""
+    from .configs import ADM_CONFIGS
+    from .load import load_prior_file
+
     embedded = embedded_cards()
     if name_or_path in embedded:
         card, path = embedded[name_or_path]
@@ -141,6 +153,8 @@ def _recorded_hash(path: Path) -> str:
 
 def fetch(name: str, progress: Callable[[int, int], None] | None = None, timeout: float = 30.0) -> Path:
     """Download a public checkpoint into the cache (resumable, verified), or say clearly why it cannot be."""
+    from .configs import ADM_CONFIGS
+    from .load import load_prior_file
     import http.client
     import urllib.error
     import urllib.request
@@ -197,6 +211,9 @@ def fetch(name: str, progress: Callable[[int, int], None] | None = None, timeout
 
 def verify(path: "str | Path") -> dict:
     """Check a checkpoint: its hash against the registry, and that it loads exactly into its architecture."""
+    from .configs import ADM_CONFIGS
+    from .load import load_prior_file
+
     path = Path(path)
     if not path.is_file():
         raise PriorError(f"the file '{path}' does not exist; check the path.")

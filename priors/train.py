@@ -23,28 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .adm import ADMConfig, ADMUNet
+from .configs import ARCHITECTURES  # noqa: F401  (re-exported: restore prior train --arch)
 from .base import SCHEDULES, PriorCard, PriorError, sha256_file
-
-#: named architectures for our small priors (guided-diffusion argument names)
-ARCHITECTURES: dict[str, dict] = {
-    # a few hundred thousand parameters: tests and smoke runs
-    "tiny": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="",
-                 num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
-    # what 2 CPU cores can train in a session (1.6 M parameters, ~13 img/s on one core)
-    "cpu64": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2", attention_resolutions="8",
-                  num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
-    # the embedded 64×64 priors when a GPU trains them
-    # convolutional (only the ADM middle block attends, over any number of tokens): trained on random crops, used on whole images of any size that 8 divides
-    # (natural photographs, and the 128×128 MRI / CT priors trained on 64×64 crops of their images)
-    "cpu-conv": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2", attention_resolutions="",
-                     num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
-    "small64": dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2,2", attention_resolutions="16,8",
-                    num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True),
-    # the embedded 128×128 grey priors (MRI, CT)
-    "small128": dict(num_channels=64, num_res_blocks=2, channel_mult="1,1,2,2,4", attention_resolutions="16,8",
-                     num_head_channels=32, use_scale_shift_norm=True, resblock_updown=True),
-}
-
 
 @dataclasses.dataclass
 class TrainConfig:

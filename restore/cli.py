@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-import operators
-from operators import OperatorError
-from priors.base import PriorError
+from priors.card import PriorError
 
-from .io import RestoreError
-from .solvers.base import SolverError
+from .errors import RestoreError
+
+# torch and everything that imports it (operators, solvers, priors' networks) are imported inside the commands that
+# need them, so that `restore --help` and `restore list priors` answer in well under a second
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Image restoration and inverse problems with diffusion priors.")
@@ -48,6 +48,8 @@ def degrade(
     from .degrade import degrade_files
 
     rows = degrade_files(images, operator, noise, seed, out, overwrite=overwrite)
+    import operators
+
     table = Table(title=f"measurements with {operators.parse(operator)}")
     for col in ("image", "measurement", "shape", "status"):
         table.add_column(col)
@@ -223,6 +225,8 @@ def list_solvers():
 @list_app.command("operators")
 def list_operators():
     """Operator families with their parameters and defaults."""
+    import operators
+
     table = Table(title="operator families (spec: family:key=value,...)")
     table.add_column("family", style="bold")
     table.add_column("parameters (default)")
@@ -237,6 +241,8 @@ def list_operators():
 @list_app.command("presets")
 def list_presets():
     """Named operator presets and solver presets (the papers' settings)."""
+    import operators
+
     table = Table(title="operator presets")
     table.add_column("preset", style="bold")
     table.add_column("spec")
@@ -421,13 +427,25 @@ def main(argv: Optional[list] = None) -> int:
         if code == 130:  # typer turns Ctrl-C into Exit(130) before the handler below can see it
             err_console.print(INTERRUPTED)
         return code
-    except (RestoreError, OperatorError, PriorError, SolverError) as exc:
+    except Exception as exc:  # noqa: BLE001 - user errors become one sentence; anything else is re-raised
+        if not isinstance(exc, _user_errors()):
+            raise
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)  # '[dicom]' is not markup
         return 2
     except KeyboardInterrupt:
         err_console.print(INTERRUPTED)
         return 130
     return 0
+
+
+def _user_errors() -> tuple:
+    """The user-facing error types: restore's and prior errors always, operator and solver errors when their
+    modules were loaded (an error of theirs can only come from a loaded module)."""
+    types = [RestoreError, PriorError]
+    for module, name in (("operators.spec", "OperatorError"), ("restore.solvers.base", "SolverError")):
+        if module in sys.modules:
+            types.append(getattr(sys.modules[module], name))
+    return tuple(types)
 
 
 def _entry() -> None:  # console script

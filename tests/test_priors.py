@@ -231,8 +231,8 @@ def test_convolutional_crop_training_gives_an_any_size_card_at_the_load_size(tmp
     assert card["extra"]["load_size"] == 18 and card["architecture"]["attention_resolutions"] == ""
     prior = priors.resolve(str(weights))
     assert prior.denoise(torch.zeros(1, 3, 24, 40), 0.3).shape == (1, 3, 24, 40)
-    from restore.solve import _check_prior_size
-    _check_prior_size(prior, (3, 24, 40), "ddnm")  # no refusal
+    from restore.fit import plan
+    assert plan(prior.card, "denoise", (3, 24, 40), None, plain=True) is None  # no refusal, nothing to fit
     # an architecture with attention at fixed resolutions, or whole-image training, keeps a fixed size
     cfg2 = TrainConfig(data=str(tmp_path / "data"), name="fixed", out=str(tmp_path / "out"), size=16, arch="tiny",
                        crop="resize", steps=1, batch_size=2, work_dir=str(tmp_path / "w2"), device="cpu")

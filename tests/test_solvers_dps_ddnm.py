@@ -212,9 +212,9 @@ def test_smoke_every_family(family, solver):
     alone = run_sample(make(), y[1:], op, prior, [1], noise=0.01)
     # batch independence: image 1 alone = image 1 of the batch. What remains is float32 rounding of batched vs single
     # convolutions, amplified by 1/√ᾱ_999 ≈ 157 in the first x̂₀ of a random network (measured ≤ 1.3e-4 for DPS, whose
-    # x̂₀ is clamped; ≤ 3e-7 relative for DDNM, whose unclamped outputs reach ~60); a batch-coupled norm or a shared
-    # generator would differ by O(0.1).
-    assert torch.allclose(alone, a[1:], rtol=1e-5, atol=3e-4), (alone - a[1:]).abs().max()
+    # x̂₀ is clamped, with the torch of session 4 and 3.1e-4 with torch 2.14's CPU kernels; ≤ 3e-7 relative for DDNM,
+    # whose unclamped outputs reach ~60); a batch-coupled norm or a shared generator would differ by O(0.1).
+    assert torch.allclose(alone, a[1:], rtol=1e-5, atol=1e-3), (alone - a[1:]).abs().max()
     assert not torch.allclose(a[0], a[1])
 
 

@@ -360,3 +360,21 @@ def test_a_long_run_says_its_estimated_time_first(tmp_path, capsys, monkeypatch)
                          "--noise", "0.05", "--steps", "3", "--out", tmp_path / "out", "--threads", "1")
     assert code == 0, err
     assert "estimated time: about" in " ".join(out.split()) and "for 2 images" in " ".join(out.split())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 4. first-minute usability
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list", "priors"], ["prior", "show", "natural"], ["solve", "--help"]])
+def test_help_and_listing_priors_do_not_load_torch(argv):
+    """`restore --help` and `restore list priors` answer without importing torch (2–3 s of the 3–6.5 s they took);
+    the timing itself is measured by benchmarks/cli_startup.py, not here."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from restore.cli import main; rc = main(%r); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)" % (argv,))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("NO-TORCH")
