@@ -185,6 +185,8 @@ class MRI(LinearOperator):
         "coils": Param(int, 1, "number of receive coils (> 1: multi-coil SENSE with simulated maps)", check=positive),
         "coil_file": Param(str, "", "complex .npy coil maps of shape (coils, H, W) (multi-coil)"),
         "complex": Param(bool, False, "complex-valued images (complex64) instead of real magnitude images"),
+        "phase": Param(bool, False, "real magnitude images of a complex object with a known phase map e^{iφ} "
+                                    "(operator state 'coil_maps'): y = M ⊙ F(e^{iφ}·x), a one-coil SENSE model"),
     }
     per_image = ("mask", "coil_maps")
     #: per instance: True for single coil (set in __init__); the family as a whole (multi-coil) has none
@@ -202,9 +204,13 @@ class MRI(LinearOperator):
             draw = random_mask if pattern == "random" else equispaced_mask
             masks = [draw(w, accel, center, g)[None, None] for g in gens]
         self.register_buffer("mask", torch.stack(masks))  # (B, 1, 1|H, W)
-        self.multicoil = bool(spec["coil_file"]) or spec["coils"] > 1
+        if spec["phase"] and (self.complex or spec["coils"] > 1 or spec["coil_file"]):
+            raise OperatorError("mri: phase=true is for real magnitude images with one coil; drop complex, coils "
+                                "and coil_file.")
+        self.multicoil = bool(spec["coil_file"]) or spec["coils"] > 1 or bool(spec["phase"])
         if self.multicoil:
-            maps = (load_coil_maps(spec["coil_file"], spec["coils"], h, w) if spec["coil_file"]
+            maps = (torch.ones(1, h, w, dtype=torch.complex64) if spec["phase"] else  # replaced by the saved state
+                    load_coil_maps(spec["coil_file"], spec["coils"], h, w) if spec["coil_file"]
                     else birdcage_maps(spec["coils"], h, w))
             self.register_buffer("coil_maps", maps[None])  # (1, K, H, W)
         self.has_svd = not self.multicoil
@@ -306,6 +312,34 @@ class MRI(LinearOperator):
         self._no_svd()
         c, h, w = self.image_shape
         return self._gram().sqrt().expand(-1, c, h, w)
+
+
+def lowres_phase(y: Tensor, spec) -> Tensor:
+    """e^{iφ} of the low-resolution image from the always-sampled centre of k-space (the centre columns; the centre
+    box for vd2d), (B, C, H, W) complex64 of unit modulus (1 where the low-resolution image is 0). Single-coil
+    k-space y (B, C, H, W). The phase of an MR image is smooth, so this is the usual estimate for solving for the
+    magnitude of a complex image (as in homodyne / phase-corrected reconstruction)."""
+    h, w = y.shape[-2:]
+    centre = torch.zeros(h, w, device=y.device)
+    n, pad = center_block(w, spec["center"])
+    if spec["pattern"] == "vd2d":
+        m, top = center_block(h, spec["center"])
+        centre[top:top + m, pad:pad + n] = 1
+    else:
+        centre[:, pad:pad + n] = 1
+    z = ifft2c(y * centre)
+    mag = z.abs()
+    return torch.where(mag > 1e-12 * mag.amax().clamp_min(1e-30), z / mag.clamp_min(1e-30),
+                       torch.ones((), dtype=z.dtype, device=z.device)).to(torch.complex64)
+
+
+def is_hermitian(y: Tensor, mask: Tensor, rtol: float = 1e-3) -> bool:
+    """Whether k-space y is that of a real image: y(k) = conj y(−k) wherever both k and −k are sampled."""
+    both = (mask * _reflect(mask)).expand_as(y) > 0
+    if not bool(both.any()):
+        return False
+    diff = (y - _reflect(y).conj())[both].abs().norm()
+    return bool(diff <= rtol * y[both].abs().norm().clamp_min(1e-30))
 
 
 preset("mri-4x", "mri:accel=4,center=0.08,pattern=random", "single-coil MRI, 4× random columns, 8% centre (fastMRI)")

@@ -8,7 +8,8 @@ import operators
 from operators import Noise
 from operators.seeding import stream_seed
 
-from .io import Measurement, RestoreError, find_images, load_image_meta, preview, save_image, save_measurement
+from .io import (Measurement, RestoreError, find_images, load_complex_image, load_image_meta, preview, save_image,
+                 save_measurement)
 from .outputs import OutputGuard, is_restore_measurement, output_names
 
 SKIPPED = "skipped: made by an earlier run (--overwrite redoes it)"
@@ -55,8 +56,16 @@ def degrade_files(inputs: list[str], spec: str, noise: str, seed: int, out: Path
             rows.append(dict(image=path, measurement=target, shape=(), status=SKIPPED))
             continue
         s = image_seed(seed, rel.as_posix())
-        image, meta = load_image_meta(path)
-        m = degrade_one(image, spec, noise, s, source=str(path.resolve()))
+        image, meta, this_spec = load_complex_image(path), {"format": "npy", "complex": True}, spec
+        if image is not None:  # a complex MRI image is measured as it is (complex=true)
+            parsed = operators.parse(spec)
+            if parsed.family != "mri":
+                raise RestoreError(f"'{path}' is a complex image; only the mri operator measures complex images "
+                                   f"(e.g. --operator mri-4x).")
+            this_spec = str(parsed.replace(complex=True))
+        else:
+            image, meta = load_image_meta(path)
+        m = degrade_one(image, this_spec, noise, s, source=str(path.resolve()))
         m.source_meta = meta
         save_measurement(target, m)
         save_image(preview_path(target), preview(m.y[0]))

@@ -155,6 +155,10 @@ def load_image_meta(path: "str | Path", hu_window=None) -> tuple[torch.Tensor, d
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
+            if np.iscomplexobj(arr):  # a complex (MRI) image: its magnitude, the image a real prior restores
+                check_complex_image(arr, str(path))
+                return to_tensor(np.abs(arr).astype(np.float32), str(path)), {
+                    "format": "npy", "note": "complex image: its magnitude |x| is the image compared with"}
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
@@ -208,6 +212,36 @@ def pil_to_array(im) -> tuple[np.ndarray, dict]:
     if mode not in ("L", "RGB", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         notes["converted"] = f"{mode} → {'grey' if arr.ndim == 2 else 'RGB'}"
     return arr, notes
+
+
+def check_complex_image(arr: np.ndarray, name: str) -> None:
+    """A complex image's magnitude must be on [0, 1] (as real images are), within the float slack."""
+    if not np.isfinite(arr).all():
+        raise RestoreError(f"'{name}' contains NaN or infinite values; clean the data first.")
+    top = float(np.abs(arr).max()) if arr.size else 0.0
+    if top > 1 + FLOAT_SLACK:
+        raise RestoreError(f"'{name}' is a complex image with magnitudes up to {top:g}, but images are read on "
+                           f"[0, 1]; divide it by its largest magnitude and save it again.")
+
+
+def load_complex_image(path: "str | Path") -> "torch.Tensor | None":
+    """A complex .npy image as a (C, H, W) complex64 tensor (magnitudes on [0, 1]); None for any other file."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")
+    except Exception:  # noqa: BLE001 - load_image_meta says what is wrong with it
+        return None
+    if not np.iscomplexobj(arr):
+        return None
+    arr = np.array(arr)  # a writable copy
+    check_complex_image(arr, str(path))
+    arr = arr[None] if arr.ndim == 2 else arr
+    if arr.ndim != 3 or arr.shape[0] > 4:
+        raise RestoreError(f"'{path}' is a complex array of shape {arr.shape}; a complex image must be H×W or "
+                           f"(channels, H, W).")
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.complex64)
 
 
 def to_tensor(arr: np.ndarray, name: str = "array") -> torch.Tensor:

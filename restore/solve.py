@@ -19,6 +19,7 @@ import torch
 
 import operators
 from operators import Noise, OperatorError
+from operators.mri import is_hermitian, lowres_phase
 
 from .degrade import image_seed
 from .io import (Measurement, RestoreError, atomic_group, find_images, load_image, load_image_meta, load_measurement,
@@ -47,9 +48,19 @@ class Job:
 def load_plain_measurement(path: Path, spec: str) -> "torch.Tensor | tuple[torch.Tensor, dict]":
     """A plain file read as the measurement of ``spec``: an image (PNG/JPEG/TIFF), a real or complex .npy
     (MRI k-space), or a sinogram .npy/.tif ((views, detector) or (C, views, detector))."""
-    family = operators.parse(spec).family
+    parsed = operators.parse(spec)
+    family = parsed.family
     if path.suffix.lower() == ".npy":
         arr = np.load(path, allow_pickle=False)
+        if family == "mri" and not np.iscomplexobj(arr):
+            raise RestoreError(f"'{path}' holds real values, but MRI k-space is complex; to restore an image, "
+                               f"measure it first with 'restore degrade {path.name} --operator {spec}'.")
+        if family == "mri" and parsed["accel"] > 1 and not looks_like_kspace(arr):
+            raise RestoreError(f"'{path}' holds a complex image, not undersampled k-space (it has no unsampled "
+                               f"lines); measure it first with 'restore degrade {path.name} --operator {spec}' and "
+                               f"solve the .npz.")
+        if np.iscomplexobj(arr) and family != "mri":
+            raise RestoreError(f"'{path}' is a complex array; only the mri operator takes complex data.")
         if np.iscomplexobj(arr) or family in ("mri", "ct"):
             t = torch.from_numpy(np.ascontiguousarray(arr))
             t = t[None] if t.dim() == 2 else t
@@ -92,6 +103,10 @@ def collect_jobs(inputs: list[str], operator: str | None, noise: str | None, mas
             y = load_plain_measurement(path, spec)
             y, meta = y if isinstance(y, tuple) else (y, {"format": path.suffix.lower().lstrip(".")})
             parsed = operators.parse(spec)
+            if parsed.family == "mri" and y.is_complex() and not parsed["complex"] and not parsed["phase"]:
+                mask = operators.build(parsed, (1, *y.shape[-2:]), seeds=[image_seed(seed, rel.as_posix())]).mask
+                if not is_hermitian(y[None], mask):  # scanner data: the k-space of a complex object
+                    parsed = parsed.replace(complex=True)
             shape = operators.OPERATORS[parsed.family].image_shape_for(parsed, tuple(y.shape))
             s = image_seed(seed, rel.as_posix())
             op = operators.build(parsed, shape, seeds=[s])
@@ -132,6 +147,19 @@ def _reference_for(job: Job, reference: str | None) -> Path | None:
 
 
 SKIPPED = "skipped: done by an earlier run (--overwrite redoes it)"
+#: undersampled k-space (accel ≥ 2) has at least this fraction of exact zeros (an image's background may too) ...
+KSPACE_ZEROS = 0.3
+#: ... and its magnitude is concentrated at the centre (low frequencies), far more than any image's
+KSPACE_CENTRE = 5.0
+
+
+def looks_like_kspace(arr: np.ndarray) -> bool:
+    """Undersampled centred k-space rather than an image: many exact zeros and a bright centre."""
+    a = np.abs(arr).reshape(-1, *arr.shape[-2:]).mean(0)
+    h, w = a.shape
+    rh, rw = max(1, h // 20), max(1, w // 20)
+    centre = a[h // 2 - rh:h // 2 + rh + 1, w // 2 - rw:w // 2 + rw + 1].mean()
+    return float(np.mean(a == 0)) >= KSPACE_ZEROS and float(centre) >= KSPACE_CENTRE * float(a.mean())
 #: the smallest image side a prior restores (an ADM UNet with four levels halves 8 pixels three times)
 MIN_SIDE = 8
 #: more posterior samples than this is a typing mistake, not a run (each sample costs a full solve)
@@ -347,9 +375,29 @@ def _announce(groups, batch_size, samples, prior, solver_name, preset, steps, pa
                f"({solver_name}, {samples} sample{'s' * (samples > 1)} each); Ctrl-C stops it, and a rerun resumes.")
 
 
+def magnitude_job(job: Job) -> Job:
+    """A complex MRI measurement is solved for the magnitude |x| of its image, which is what the (real) priors
+    restore: x ≈ |x|·e^{iφ} with the phase φ of the low-resolution image from the always-sampled centre of k-space
+    (``operators.mri.lowres_phase``), i.e. the real-image operator y = M ⊙ F(e^{iφ}·|x|) (``phase=true``). Single
+    coil, one channel; DDNM, which needs an SVD, is refused for it (the others need only A and Aᴴ)."""
+    parsed = operators.parse(job.m.spec)
+    if parsed.family != "mri" or not parsed["complex"]:
+        return job
+    if parsed["coils"] > 1 or parsed["coil_file"] or job.m.image_shape[0] != 1:
+        raise RestoreError(f"'{job.source}' holds complex multi-coil or multi-channel MRI data, which restore "
+                           f"solves only for single-coil, one-channel images so far.")
+    phase = lowres_phase(job.m.y, parsed)
+    spec = str(parsed.replace(complex=False, phase=True))
+    m = dataclasses.replace(job.m, spec=spec, state={"mask": job.m.state["mask"], "coil_maps": phase[:, :1]})
+    note = ("complex MRI data: restored as the magnitude |x| with the phase of the low-resolution centre of k-space "
+            "(x ≈ |x|·e^{iφ})")
+    return dataclasses.replace(job, m=m, notes=job.notes + [note])
+
+
 def fit_job(job: Job, card, mode: "str | None", solver_name: str) -> Job:
     """The job as it will be solved: refused (one sentence) if the prior cannot take the image, fitted to the prior
     with ``--fit`` (see ``restore.fit``), and with a note when the image is at a scale the prior never saw."""
+    job = magnitude_job(job)
     if solver_name == "pinv" or card is None:
         return job
     shape = tuple(job.m.image_shape)
