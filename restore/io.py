@@ -30,7 +30,7 @@ from operators import Noise, OperatorError
 
 from .errors import RestoreError  # re-exported: ``from restore.io import RestoreError``
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy", ".dcm", ".dicom"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy", ".dcm", ".dicom"}
 _DICOM_SUFFIXES = {".dcm", ".dicom"}  # also any file with the DICOM preamble, whatever its suffix
 MEASUREMENT_FORMAT = "restore-measurement/1"
 #: a float image may stray this far outside [0, 1] (a noisy measurement does); further is a wrong scale, refused
