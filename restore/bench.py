@@ -21,7 +21,11 @@ from .degrade import degrade_one, image_seed
 from .io import RestoreError, find_images, load_image, preview, save_image, to_uint8, write_json
 from .solve import Job, run
 
-COLUMNS = ["image", "operator", "solver", "preset", "psnr", "ssim", "lpips", "seconds", "nfe", "status", "output"]
+COLUMNS = ["image", "operator", "solver", "preset", "psnr", "ssim", "lpips", "rel_l2", "misfit", "noise_level",
+           "seconds", "nfe", "status", "output"]
+#: provenance columns after the metrics (results.csv holds dicts as JSON)
+PROVENANCE = ["baseline", "seed", "noise_sigma", "prior", "prior_sha256", "params", "lpips_variant", "device",
+              "threads", "versions"]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -39,15 +43,23 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, out: Path, noise: str = "0",
           limit: int = 0, preset: str | None = None, steps: int | None = None, seed: int = 0,
           shard: str | None = None, batch_size: int = 1, device: str = "auto", lpips_weights: str | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+          progress: Callable[[str, int, int], None] | None = None, baselines: str = "auto",
+          threads: int = 0) -> list[dict]:
+    """Every solver label (``name`` or ``name:preset``) and the classical baselines on every operator, beside pinv.
+
+    ``baselines``: "auto" (every baseline that takes the task), "none", or a comma-separated list. ``limit`` takes
+    that many images spread evenly over the sorted folder (not its first files)."""
+    import torch
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RestoreError(f"the output '{out}' is a file; give a folder for --out.")
     specs = [str(operators.parse(s)) for s in specs]
-    solvers = ["pinv"] + [s for s in solvers if s != "pinv"]
+    labels = ["pinv"] + [s for s in dict.fromkeys(solvers) if s != "pinv"]
+    for label in labels:
+        solver_of_label(label)  # unknown names refused before any work
     files = [(p, r) for p, r in find_images(images, exclude=out) if p.suffix.lower() != ".npz"]
-    if limit:
-        files = files[:limit]
+    files = spread(files, limit)
     i, n = parse_shard(shard)
     files = files[i::n]
     if not files:
@@ -55,6 +67,9 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
     shard_dir = out if n == 1 else out / f"shard-{i}-of-{n}"
     noise_model = Noise.parse(noise)
     rows: list[dict] = []
+    the_prior = None
+    common = dict(noise_sigma=noise_model.std, lpips_variant="alex v0.1 (lpips package)",
+                  threads=threads or torch.get_num_threads(), versions=_versions())
     for spec_index, spec in enumerate(specs):
         task_dir = shard_dir / f"op{spec_index}"
         jobs = []
@@ -64,29 +79,110 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
             m = degrade_one(clean, spec, noise_model, s, source=str(path.resolve()))
             save_image(task_dir / "measurements" / rel.with_suffix(".png"), preview(m.y[0]))
             jobs.append(Job(path, rel, m, reference=clean, reference_path=str(path)))
-        for solver in solvers:
-            result_rows = run(jobs, solver, prior, task_dir / solver, preset=None if solver == "pinv" else preset,
-                              steps=None if solver == "pinv" else steps, batch_size=batch_size, device=device,
+        task_labels = labels + [b for b in baselines_for(spec, jobs[0].m.image_shape, baselines) if b not in labels]
+        for label in task_labels:
+            name, label_preset = solver_of_label(label)
+            is_baseline = name == "pinv" or is_baseline_solver(name)
+            if not is_baseline and the_prior is None:
+                import priors
+
+                the_prior = priors.resolve(prior, device=_device(device))  # once for every solver and task
+            result_rows = run(jobs, name, prior if is_baseline else the_prior, task_dir / _slug_label(label),
+                              preset=None if is_baseline else (label_preset or preset),
+                              steps=None if is_baseline else steps, batch_size=batch_size, device=device,
                               overwrite=False, lpips_weights=lpips_weights, progress=progress)
             for job, r in zip(jobs, result_rows):
+                side = json.loads(Path(r["output"]).with_suffix(".json").read_text()) \
+                    if r.get("status") in ("written",) or r.get("skipped") else {}
                 if r.get("skipped"):  # resumed: read the finished result back
-                    side = json.loads(Path(r["output"]).with_suffix(".json").read_text())
                     r = dict(r, status="written", preset=side["preset"], seconds=side["cost"]["seconds_per_image"],
-                             nfe=side["cost"]["nfe"], **side["metrics"])
-                rows.append({k: r.get(k) for k in COLUMNS} | {"image": str(job.rel), "operator": spec,
-                                                               "solver": solver})
+                             nfe=side["cost"]["nfe"], **(side.get("data_fit") or {}), **side["metrics"])
+                row = {k: r.get(k) for k in COLUMNS} | {"image": str(job.rel), "operator": spec, "solver": label,
+                                                        "baseline": is_baseline, "seed": job.m.seed}
+                if side:
+                    row.update(prior=side["prior"].get("name"), prior_sha256=side["prior"].get("sha256"),
+                               params=side.get("params"), device=side.get("device"))
+                rows.append(row | common)
     write_results(shard_dir, rows)
     if n == 1:
         write_report(out, rows)
     return rows
 
 
+def spread(files: list, limit: int) -> list:
+    """``limit`` items spread evenly over ``files`` (first and last included); all of them for limit 0."""
+    if not limit or limit >= len(files):
+        return list(files)
+    if limit == 1:
+        return [files[0]]
+    return [files[round(k * (len(files) - 1) / (limit - 1))] for k in range(limit)]
+
+
+def solver_of_label(label: str) -> tuple[str, str | None]:
+    """'dps:fast' → ('dps', 'fast'); 'ddnm' → ('ddnm', None); an unknown solver or preset is refused."""
+    from .solvers import SOLVERS, get_solver
+
+    name, _, preset = label.partition(":")
+    get_solver(name, preset=preset or None)
+    return name, preset or None
+
+
+def is_baseline_solver(name: str) -> bool:
+    from .solvers import SOLVERS
+
+    return bool(getattr(SOLVERS.get(name), "baseline", False))
+
+
+def baselines_for(spec: str, image_shape, choice: str = "auto") -> list[str]:
+    """The classical baselines that take this operator ("auto"), none, or the ones named."""
+    from .solvers import SOLVERS, SolverError
+
+    if choice in ("none", ""):
+        return []
+    names = sorted(n for n, cls in SOLVERS.items() if getattr(cls, "baseline", False))
+    if choice != "auto":
+        wanted = [n.strip() for n in choice.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise RestoreError(f"--baselines: unknown baseline {', '.join(unknown)}; choose from "
+                               f"{', '.join(names) or 'none'} (or auto, none).")
+        return wanted
+    from .solve import _NoPrior
+
+    op = operators.build(spec, tuple(image_shape), seeds=[0])
+    fits = []
+    for name in names:
+        try:
+            SOLVERS[name]().check(op, _NoPrior(image_shape[0]))
+        except (SolverError, RestoreError, operators.OperatorError):
+            continue
+        fits.append(name)
+    return fits
+
+
+def _slug_label(label: str) -> str:
+    return label.replace(":", "@")
+
+
+def _device(device: str) -> str:
+    import torch
+
+    return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+
+
+def _versions() -> dict:
+    from .solve import versions
+
+    return versions()
+
+
 def write_results(folder: Path, rows: list[dict]) -> None:
     write_json(folder / "results.json", rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS + PROVENANCE, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+                     for r in rows)
     path = folder / "results.csv"
     from .io import atomic_path
 
@@ -139,8 +235,55 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def gains(rows: list[dict]) -> dict:
+    """{operator: {"psnr"|"lpips": {"best": baseline label, "rows": [...]}}}: per task, the best baseline by mean
+    PSNR (and, separately, by mean LPIPS) and each other solver's paired per-image difference from it — mean and 95%
+    t-interval over the images both restored; ``zero_in`` where the interval contains 0 (no clear difference).
+    Differences are signed so that positive is better (PSNR gain, LPIPS reduction)."""
+    from scipy import stats
+
+    out: dict = {}
+    written = [r for r in rows if r.get("status") == "written"]
+    for op in dict.fromkeys(r["operator"] for r in written):
+        mine = [r for r in written if r["operator"] == op]
+        per = {}
+        for r in mine:
+            per.setdefault(r["solver"], {})[r["image"]] = r
+        bases = [s for s in per if next(iter(per[s].values())).get("baseline", s == "pinv")]
+        out[op] = {}
+        for metric, sign in (("psnr", 1.0), ("lpips", -1.0)):
+            def mean(solver):
+                v = [x[metric] for x in per[solver].values() if _finite(x.get(metric))]
+                return statistics.fmean(v) if v else math.nan
+            ranked = [b for b in bases if not math.isnan(mean(b))]
+            if not ranked:
+                continue
+            best = max(ranked, key=lambda b: sign * mean(b))
+            entries = []
+            for solver in per:
+                if solver in bases:
+                    continue
+                common = [im for im in per[solver] if im in per[best] and _finite(per[solver][im].get(metric))
+                          and _finite(per[best][im].get(metric))]
+                d = [sign * (per[solver][im][metric] - per[best][im][metric]) for im in common]
+                if not d:
+                    continue
+                m = statistics.fmean(d)
+                half = (stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+                        if len(d) > 1 else math.inf)
+                entries.append(dict(solver=solver, n=len(d), mean=m, lo=m - half, hi=m + half,
+                                    zero_in=not (m - half > 0 or m + half < 0)))
+            out[op][metric] = {"best": best, "best_mean": mean(best), "rows": entries}
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def write_report(out: Path, rows: list[dict]) -> None:
     summary = summarise(rows)
+    gain = gains(rows)
     lines = ["# restore bench report", "",
              "Mean ± standard deviation over the images. PSNR/SSIM on [0, 1] (data range 1, scikit-image); LPIPS "
              "AlexNet (lower is better); seconds per image on this machine; NFE = network evaluations. Best per "
@@ -160,6 +303,7 @@ def write_report(out: Path, rows: list[dict]) -> None:
             lines.append(f"| {solver} | {v['n']} | " + " | ".join(cells)
                          + f" | {v['seconds'][0]:.2f} | {v['nfe'][0]:.0f} |")
         lines.append("")
+        lines += _gain_lines(gain.get(op, {}))
         grid = _grid(out, op, rows)
         if grid:
             lines += [f"![grid]({grid.relative_to(out).as_posix()})", ""]
@@ -170,6 +314,32 @@ def write_report(out: Path, rows: list[dict]) -> None:
 
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+
+
+def _gain_lines(per_metric: dict) -> list[str]:
+    """The 'gain over the best baseline' table of one task (markdown)."""
+    if not per_metric or not any(v["rows"] for v in per_metric.values()):
+        return []
+    p, l = per_metric.get("psnr"), per_metric.get("lpips")
+    head = (f"Gain over the best baseline (PSNR: **{p['best']}**, {p['best_mean']:.2f} dB"
+            + (f"; LPIPS: **{l['best']}**, {l['best_mean']:.3f}" if l else "")
+            + "): paired per-image differences, mean [95% interval]; positive is better; *n.s.* where the interval "
+              "contains 0.")
+    lines = [head, "", "| solver | n | ΔPSNR dB | ΔLPIPS (reduction) |", "|---|---|---|---|"]
+    by_solver: dict = {}
+    for metric, v in per_metric.items():
+        for e in v["rows"]:
+            by_solver.setdefault(e["solver"], {})[metric] = e
+
+    def cell(e, fmt):
+        if e is None:
+            return "–"
+        text = f"{e['mean']:+{fmt}} [{e['lo']:+{fmt}}, {e['hi']:+{fmt}}]"
+        return text + " *n.s.*" if e["zero_in"] else text
+    for solver, v in by_solver.items():
+        n = (v.get("psnr") or v.get("lpips"))["n"]
+        lines.append(f"| {solver} | {n} | {cell(v.get('psnr'), '.2f')} | {cell(v.get('lpips'), '.3f')} |")
+    return lines + [""]
 
 
 def _grid(out: Path, op: str, rows: list[dict], max_images: int = 4) -> Path | None:
@@ -253,4 +423,4 @@ def _atomic(path: Path):
     return atomic_path(path)
 
 
-__all__ = ["bench", "merge", "parse_shard", "summarise"]
+__all__ = ["bench", "gains", "merge", "parse_shard", "spread", "summarise"]

@@ -160,10 +160,13 @@ def bench_command(
     images: List[str] = typer.Argument(..., help="clean images or folders; or 'merge' followed by shard folders"),
     operator: str = typer.Option("", "--operator", "-o", help="comma-separated operator specs or presets; "
                                  "separate specs that contain commas with ';'"),
-    solver: str = typer.Option("", "--solver", "-s", help="comma-separated solvers (pinv is always added)"),
+    solver: str = typer.Option("", "--solver", "-s", help="comma-separated solvers, each NAME or NAME:PRESET "
+                               "(e.g. dps:fast,dps:default,ddnm); pinv is always added"),
+    baselines: str = typer.Option("auto", "--baselines", help="classical baselines in every table: auto (all that "
+                                  "take the task), none, or a comma-separated list"),
     prior: str = typer.Option("faces64", "--prior", "-p"),
     noise: str = typer.Option("0", "--noise", "-n", help="measurement noise σ on [0, 1]"),
-    limit: int = typer.Option(0, "--limit", help="use only the first N images (0 = all)"),
+    limit: int = typer.Option(0, "--limit", help="use N images spread evenly over the sorted inputs (0 = all)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="solver preset (default: the one for each task)"),
     steps: Optional[int] = typer.Option(None, "--steps"),
     seed: int = typer.Option(0, "--seed"),
@@ -187,24 +190,38 @@ def bench_command(
         raise RestoreError("give at least one operator with --operator (e.g. sr4,inpaint-box).")
     specs = [s for s in (operator.split(";") if ";" in operator else operator.split(",")) if s.strip()]
     solvers = [s.strip() for s in solver.split(",") if s.strip()]
-    from .solvers import get_solver
+    if limit < 0:
+        raise RestoreError(f"--limit must be 0 (all images) or more, got {limit}.")
+    from .bench import solver_of_label
 
-    for name in solvers:
-        get_solver(name)
+    for label in solvers:
+        solver_of_label(label)
     with progress_bar() as bar:
         task = bar.add_task("bench", total=None)
         rows = bench(images, specs, solvers, prior, out, noise=noise, limit=limit, preset=preset, steps=steps,
                      seed=seed, shard=shard, batch_size=batch_size, device=device, lpips_weights=lpips_weights,
-                     progress=lambda label, i, n: bar.update(task, description=label, completed=i, total=n))
-    from .bench import summarise
+                     progress=lambda label, i, n: bar.update(task, description=label, completed=i, total=n),
+                     baselines=baselines, threads=threads)
+    from .bench import gains, summarise
 
+    gain = gains(rows)
     table = Table(title=f"restore bench ({len(rows)} results) → {out}")
-    for col in ("operator", "solver", "n", "PSNR", "SSIM", "LPIPS", "s/img"):
+    for col in ("operator", "solver", "n", "PSNR", "SSIM", "LPIPS", "s/img", "ΔPSNR vs best baseline",
+                "ΔLPIPS vs best baseline"):
         table.add_column(col)
     for op, per in summarise(rows).items():
+        by = {m: {e["solver"]: e for e in v["rows"]} for m, v in gain.get(op, {}).items()}
+        best = {m: v["best"] for m, v in gain.get(op, {}).items()}
+
+        def delta(metric, name, fmt):
+            e = by.get(metric, {}).get(name)
+            if e is None:
+                return "best baseline" if best.get(metric) == name else ""
+            return f"{e['mean']:+{fmt}} [{e['lo']:+{fmt}}, {e['hi']:+{fmt}}]" + (" n.s." if e["zero_in"] else "")
         for name, v in per.items():
             table.add_row(op.split(",")[0], name, str(v["n"]), f"{v['psnr'][0]:.2f}", f"{v['ssim'][0]:.3f}",
-                          f"{v['lpips'][0]:.3f}", f"{v['seconds'][0]:.2f}")
+                          f"{v['lpips'][0]:.3f}", f"{v['seconds'][0]:.2f}", delta("psnr", name, ".2f"),
+                          delta("lpips", name, ".3f"))
     console.print(table)
 
 

@@ -9,6 +9,7 @@ Outputs are written to a temporary name and renamed, so a file that exists is co
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from pathlib import Path
@@ -199,7 +200,7 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: str | None = None,
+def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path, preset: str | None = None,
         steps: int | None = None, samples: int = 1, batch_size: int = 1, device: str = "auto",
         overwrite: bool = False, lpips_weights: str | None = None,
         progress: Callable[[str, int, int], None] | None = None, out_format: str = "png",
@@ -236,7 +237,13 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
             rows.append(dict(input=str(job.source), output=str(target), status=SKIPPED, skipped=True))
         else:
             todo.append((job, target))
-    prior = None if solver_name == "pinv" or not todo else priors.resolve(prior_name, device=str(dev))
+    from .solvers import SOLVERS
+
+    no_prior = solver_name == "pinv" or getattr(SOLVERS.get(solver_name), "baseline", False)
+    if no_prior or not todo:
+        prior = None
+    else:  # a name or path, resolved here, or a prior object resolved once by the caller (bench)
+        prior = priors.resolve(prior_name, device=str(dev)) if isinstance(prior_name, (str, Path)) else prior_name
     card = prior.card if prior is not None else None
     todo = [(fit_job(job, card, fit, solver_name), target) for job, target in todo]  # refusals before any work
     groups: dict[tuple, list] = {}
@@ -264,10 +271,11 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
             result = solve(solver, y, op, the_prior, seeds, noise=noise_model, samples=samples,
                            progress=(lambda i, n, label=label: progress(label, i, n)) if progress else None)
             per_image_seconds = result.cost.seconds / len(chunk)
+            fits = data_fit(op, result.x, y, noise_model)
             for i, (job, target) in enumerate(chunk):
                 row = dict(input=str(job.source), output=str(target), operator=spec, noise=noise_text,
                            solver=solver_name, preset=solver.preset, seed=job.m.seed,
-                           seconds=per_image_seconds, nfe=result.cost.nfe)
+                           seconds=per_image_seconds, nfe=result.cost.nfe, **fits[i])
                 if result.failed[i]:
                     row.update(status="failed", error=result.failed[i])
                     rows.append(row)
@@ -290,6 +298,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: str, out: Path, preset: s
                     prior=_prior_info(prior), device=str(dev), versions=versions(),
                     cost=dict(result.cost.to_dict(), batch=len(chunk), seconds_per_image=per_image_seconds),
                     channels=channel_note, fit=job.fit.to_dict() if job.fit else None, warnings=job.notes,
+                    data_fit=fits[i],
                     metrics=metrics, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
                 # image (+ std map) and sidecar are written together: a failed write (full disk, Ctrl-C) keeps any
                 # earlier output as it was, and an image never sits beside a sidecar that describes another run
@@ -398,7 +407,7 @@ def fit_job(job: Job, card, mode: "str | None", solver_name: str) -> Job:
     """The job as it will be solved: refused (one sentence) if the prior cannot take the image, fitted to the prior
     with ``--fit`` (see ``restore.fit``), and with a note when the image is at a scale the prior never saw."""
     job = magnitude_job(job)
-    if solver_name == "pinv" or card is None:
+    if card is None:  # pinv and the classical baselines need no prior: any size
         return job
     shape = tuple(job.m.image_shape)
     if min(shape[1:]) < MIN_SIDE:
@@ -414,6 +423,32 @@ def fit_job(job: Job, card, mode: "str | None", solver_name: str) -> Job:
     return dataclasses.replace(job, m=m, fit=fit, notes=job.notes + [fit.note()])
 
 
+@torch.no_grad()
+def data_fit(op, x01: torch.Tensor, y: torch.Tensor, noise) -> list[dict]:
+    """Per image: the data misfit ‖A x̂ − y‖/‖y‖ of the estimate (on [0, 1]) and, beside it, the misfit the noise
+    alone gives, σ·√m/‖y‖ over the m measured entries (2m real numbers for complex data): an estimate far below the
+    noise level fits the noise, one far above it ignores the data."""
+    out = []
+    for i in range(y.shape[0]):
+        yi, xi = y[i:i + 1], x01[i:i + 1].to(y.device)
+        if not torch.isfinite(xi).all():
+            out.append({"misfit": None, "noise_level": None})
+            continue
+        try:
+            residual = op.A(xi.to(op.image_dtype) if hasattr(op, "image_dtype") else xi) - yi
+        except Exception:  # noqa: BLE001 - an operator that cannot take the estimate: no misfit
+            out.append({"misfit": None, "noise_level": None})
+            continue
+        norm_y = float(torch.linalg.vector_norm(yi).clamp_min(1e-30))
+        mask = op.noise_mask() if hasattr(op, "noise_mask") else None
+        m = float(mask.expand_as(yi[:1].real).sum()) if mask is not None else yi.numel()
+        m *= 2 if yi.is_complex() else 1
+        sigma = float(getattr(noise, "std", 0.0) or 0.0)
+        out.append({"misfit": float(torch.linalg.vector_norm(residual)) / norm_y,
+                    "noise_level": sigma * math.sqrt(m) / norm_y})
+    return out
+
+
 def _prior_info(prior) -> dict:
     if prior is None:
         return {"name": "none"}
@@ -424,7 +459,9 @@ def _prior_info(prior) -> dict:
 def _metrics(estimate: torch.Tensor, reference: torch.Tensor, lpips_weights: str | None) -> dict:
     from .lpips_metric import lpips_or_reason
 
-    out = {"psnr": psnr(estimate, reference), "ssim": ssim(estimate, reference)}
+    out = {"psnr": psnr(estimate, reference), "ssim": ssim(estimate, reference),
+           "rel_l2": float(torch.linalg.vector_norm(estimate - reference)
+                           / torch.linalg.vector_norm(reference).clamp_min(1e-12))}
     value, reason = lpips_or_reason(estimate, reference, weights=lpips_weights, download=False)
     out["lpips"] = value
     if reason:

@@ -89,7 +89,8 @@ def test_bench_report_and_shards_merge_to_the_same_rows(tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     for k in range(3):
         save_image(src / f"{k}.png", torch.rand(3, 32, 32, generator=g))
-    common = ["-o", "sr:factor=2;mask:kind=random,fraction=0.5", "--solver", "pinv", "--noise", "0.01"]
+    common = ["-o", "sr:factor=2;mask:kind=random,fraction=0.5", "--solver", "pinv", "--noise", "0.01",
+              "--baselines", "none"]
     code, _, err = run(capsys, "bench", src, *common, "--out", tmp_path / "full")
     assert code == 0, err
     full = json.loads((tmp_path / "full" / "results.json").read_text())

@@ -1,0 +1,75 @@
+"""restore bench: evenly spread --limit, solver labels with presets, provenance columns, and the gain over the best
+baseline with paired 95% intervals (checked against scipy's paired t-test)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from restore.bench import gains, spread
+from restore.cli import main
+from restore.io import save_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_limit_spreads_evenly_over_the_folder():
+    files = list(range(10))
+    assert spread(files, 0) == files and spread(files, 20) == files
+    assert spread(files, 1) == [0] and spread(files, 2) == [0, 9] and spread(files, 4) == [0, 3, 6, 9]
+
+
+def _rows(values: dict, metric="psnr", baselines=("pinv", "tv")):
+    rows = []
+    for solver, per_image in values.items():
+        for k, v in enumerate(per_image):
+            rows.append(dict(image=f"im{k}", operator="op", solver=solver, status="written", baseline=solver in
+                             baselines, psnr=v if metric == "psnr" else 20.0, lpips=v if metric == "lpips" else 0.2))
+    return rows
+
+
+def test_gain_over_the_best_baseline_is_a_paired_t_interval():
+    rng = np.random.default_rng(0)
+    tv = 25 + rng.normal(0, 1, 12)
+    values = {"pinv": 20 + rng.normal(0, 1, 12), "tv": tv, "ddnm": tv + 0.8 + rng.normal(0, 0.3, 12),
+              "dps": tv + rng.normal(0, 1, 12) * 0.1}
+    g = gains(_rows(values))["op"]["psnr"]
+    assert g["best"] == "tv" and math.isclose(g["best_mean"], float(np.mean(tv)))
+    by = {e["solver"]: e for e in g["rows"]}
+    d = values["ddnm"] - tv
+    test = stats.ttest_rel(values["ddnm"], tv)
+    ci = test.confidence_interval(0.95)
+    assert math.isclose(by["ddnm"]["mean"], float(d.mean()), rel_tol=1e-9)
+    assert math.isclose(by["ddnm"]["lo"], ci.low, rel_tol=1e-9) and math.isclose(by["ddnm"]["hi"], ci.high,
+                                                                                  rel_tol=1e-9)
+    assert not by["ddnm"]["zero_in"]
+    assert by["dps"]["lo"] < 0 < by["dps"]["hi"] and by["dps"]["zero_in"]
+    # LPIPS: lower is better, so the best baseline is the lowest and the gain is the reduction
+    lp = {"pinv": np.full(5, 0.5), "tv": np.full(5, 0.3) + np.arange(5) * 0.01, "ddnm": np.full(5, 0.2)}
+    g = gains(_rows(lp, metric="lpips"))["op"]["lpips"]
+    assert g["best"] == "tv" and g["rows"][0]["mean"] > 0
+
+
+def test_bench_solver_presets_provenance_and_gain_table(tmp_path, capsys):
+    folder = tmp_path / "clean"
+    g = torch.Generator().manual_seed(0)
+    for k in range(3):
+        save_image(folder / f"im{k}.png", torch.rand(3, 16, 16, generator=g))
+    code = main(["bench", str(folder), "-o", "denoise", "--noise", "0.05", "--solver", "pinv", "--baselines", "none",
+                 "--limit", "2", "--out", str(tmp_path / "b"), "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert sorted(r["image"] for r in rows) == ["im0.png", "im2.png"]  # spread: first and last
+    r = rows[0]
+    for key in ("seed", "noise_sigma", "prior", "params", "lpips_variant", "device", "threads", "versions",
+                "misfit", "noise_level", "rel_l2"):
+        assert key in r, key
+    assert r["threads"] == 1 and r["noise_sigma"] == 0.05 and r["versions"]["torch"] == torch.__version__
+    # pinv on denoise returns y clamped to [0, 1]: it fits the data more closely than the noise does
+    assert 0 < r["misfit"] < r["noise_level"] and 0.05 < r["noise_level"] < 0.5
+    # an unknown preset in a label is refused before any work
+    code = main(["bench", str(folder), "-o", "denoise", "--solver", "ddnm:nonsense", "--out", str(tmp_path / "c")])
+    assert code == 2 and "no preset 'nonsense'" in capsys.readouterr().err
