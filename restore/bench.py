@@ -311,9 +311,13 @@ def write_report(out: Path, rows: list[dict]) -> None:
     if plot:
         lines += ["## PSNR against time", "", f"![psnr vs seconds]({plot.relative_to(out).as_posix()})", ""]
     from .io import atomic_path
+    from .report import write_reports
 
+    lines += ["Also here: `report.html` (image grids with zoomed details, sortable per-image table, PSNR and LPIPS "
+              "against time) and `report.tex` (booktabs tables); `restore bench report DIR` redraws all three.", ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+    write_reports(out, rows)
 
 
 def _gain_lines(per_metric: dict) -> list[str]:
@@ -343,31 +347,45 @@ def _gain_lines(per_metric: dict) -> list[str]:
 
 
 def _grid(out: Path, op: str, rows: list[dict], max_images: int = 4) -> Path | None:
-    """Rows: images; columns: ground truth, measurement preview, then each solver's output."""
-    from PIL import Image
+    """Rows: images (labelled); columns: ground truth, measurement preview, then each solver's output (labelled),
+    with PSNR and LPIPS under every restored tile."""
+    from PIL import Image, ImageDraw, ImageFont
 
     mine = [r for r in rows if r["operator"] == op and r.get("status") == "written"]
     images = list(dict.fromkeys(r["image"] for r in mine))[:max_images]
     solvers = list(dict.fromkeys(r["solver"] for r in mine))
     if not images:
         return None
-    tiles = []
-    for image in images:
+    size, head, foot, side = 96, 18, 28, 90
+    try:
+        font = ImageFont.load_default(size=11)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    columns = ["ground truth", "measurement"] + solvers
+    canvas = Image.new("RGB", (side + size * len(columns), head + (size + foot) * len(images)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for x, name in enumerate(columns):
+        draw.text((side + x * size + 3, 3), name[:16], fill="black", font=font)
+    from .report import _measurement_preview
+
+    for y, image in enumerate(images):
         by_solver = {r["solver"]: r for r in mine if r["image"] == image}
         any_row = next(iter(by_solver.values()))
-        task_dir = Path(any_row["output"]).parents[len(Path(image).parts)]  # .../op<k>/<solver>/<image> → op<k>
-        truth = Path(json.loads(Path(any_row["output"]).with_suffix(".json").read_text())["reference"] or "")
-        row_tiles = [truth, task_dir / "measurements" / Path(image).with_suffix(".png")]
-        row_tiles += [Path(by_solver[s]["output"]) if s in by_solver else None for s in solvers]
-        tiles.append(row_tiles)
-    size = 96
-    canvas = Image.new("RGB", (size * (2 + len(solvers)), size * len(tiles)), "white")
-    for y, row_tiles in enumerate(tiles):
-        for x, path in enumerate(row_tiles):
-            if path is not None and path.is_file():
+        truth = json.loads(Path(any_row["output"]).with_suffix(".json").read_text())["reference"] or ""
+        top = head + y * (size + foot)
+        draw.text((3, top + size // 2 - 6), Path(image).name[:14], fill="black", font=font)
+        tiles = [(Path(truth), None), (_measurement_preview(any_row["output"], image), None)]
+        tiles += [(Path(by_solver[s]["output"]), by_solver[s]) if s in by_solver else (None, None) for s in solvers]
+        for x, (path, r) in enumerate(tiles):
+            if path is not None and Path(path).is_file():
                 tile = to_uint8(load_image(path))  # any input format (DICOM, 16-bit, NPY), as the metrics saw it
-                im = Image.fromarray(tile).convert("RGB").resize((size, size))
-                canvas.paste(im, (x * size, y * size))
+                canvas.paste(Image.fromarray(tile).convert("RGB").resize((size, size)), (side + x * size, top))
+            if r is not None:
+                psnr_text = "–" if r.get("psnr") is None else f"{r['psnr']:.2f} dB"
+                lp = r.get("lpips")
+                lp_text = "" if lp is None or (isinstance(lp, float) and math.isnan(lp)) else f"LPIPS {lp:.3f}"
+                draw.text((side + x * size + 3, top + size + 2), psnr_text, fill="black", font=font)
+                draw.text((side + x * size + 3, top + size + 14), lp_text, fill="black", font=font)
     path = out / f"grid_{_slug(op)}.png"
     with _atomic(path) as tmp:
         canvas.save(tmp, format="PNG")
@@ -375,38 +393,17 @@ def _grid(out: Path, op: str, rows: list[dict], max_images: int = 4) -> Path | N
 
 
 def _plot(out: Path, summary: dict) -> Path | None:
-    """PSNR against seconds per image, one point per (operator, solver), drawn with PIL (no plotting library)."""
-    from PIL import Image, ImageDraw
+    """PSNR against seconds per image, one point per (operator, solver): an SVG with labelled axes and tick values
+    (restore.report.pareto_svg)."""
+    from .report import pareto_svg
 
-    points = [(solver, v["seconds"][0], v["psnr"][0]) for per in summary.values() for solver, v in per.items()
-              if not math.isnan(v["psnr"][0])]
-    if not points:
+    points = [(solver, op, v["seconds"][0], v["psnr"][0]) for op, per in summary.items() for solver, v in per.items()]
+    svg = pareto_svg(points, "PSNR dB")
+    if not svg:
         return None
-    w, h, pad = 640, 400, 50
-    xs = [math.log10(max(p[1], 1e-4)) for p in points]
-    ys = [p[2] for p in points]
-    x0, x1 = min(xs) - 0.2, max(xs) + 0.2
-    y0, y1 = min(ys) - 1, max(ys) + 1
-    im = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(im)
-    d.rectangle((pad, pad // 2, w - pad // 2, h - pad), outline="black")
-    d.text((w // 2 - 60, h - 25), "seconds per image (log)", fill="black")
-    d.text((5, pad // 2 - 15), "PSNR dB", fill="black")
-    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
-    names = list(dict.fromkeys(p[0] for p in points))
-    for (solver, _, _), x, y in zip(points, xs, ys):
-        px = pad + (x - x0) / (x1 - x0) * (w - 1.5 * pad)
-        py = h - pad - (y - y0) / (y1 - y0) * (h - 1.5 * pad)
-        c = colours[names.index(solver) % len(colours)]
-        d.ellipse((px - 4, py - 4, px + 4, py + 4), fill=c)
-    for k, name in enumerate(names):
-        d.text((pad + 10, pad // 2 + 5 + 14 * k), name, fill=colours[k % len(colours)])
-    for value in (math.floor(y0), math.ceil(y1)):
-        py = h - pad - (value - y0) / (y1 - y0) * (h - 1.5 * pad)
-        d.text((pad - 25, py - 5), str(value), fill="black")
-    path = out / "psnr_vs_seconds.png"
+    path = out / "psnr_vs_seconds.svg"
     with _atomic(path) as tmp:
-        im.save(tmp, format="PNG")
+        tmp.write_text(svg)
     return path
 
 

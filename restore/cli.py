@@ -174,17 +174,29 @@ def bench_command(
     batch_size: int = typer.Option(1, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device"),
     lpips_weights: Optional[str] = typer.Option(None, "--lpips-weights", envvar="RESTORE_LPIPS_WEIGHTS"),
-    out: Path = typer.Option(..., "--out"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (not needed by 'bench report DIR')"),
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default)"),
 ):
-    """Benchmark solvers on clean images: degrade, solve, and report PSNR/SSIM/LPIPS/time (always beside pinv).
-    'restore bench merge SHARD_DIR... --out DIR' joins sharded runs."""
+    """Benchmark solvers on clean images: degrade, solve, and report PSNR/SSIM/LPIPS/time beside pinv and the
+    classical baselines. 'restore bench merge SHARD_DIR... --out DIR' joins sharded runs; 'restore bench report DIR'
+    redraws report.md, report.html and report.tex from DIR/results.json."""
     from .bench import bench, merge
 
     set_threads(threads)
+    if out is None and not (images and images[0] == "report" and len(images) > 1):
+        raise RestoreError("give an output folder with --out (e.g. --out bench/).")
     if images and images[0] == "merge":
         rows = merge(images[1:], out)
         console.print(f"merged {len(rows)} rows into {out / 'results.csv'} and {out / 'report.md'}")
+        return
+    if images and images[0] == "report":  # redraw the reports from saved results, running no solver
+        from .bench import write_report
+        from .report import load_rows
+
+        folders = images[1:] or [str(out)]
+        for folder in folders:
+            write_report(Path(folder), load_rows(Path(folder)))
+            console.print(f"wrote {Path(folder) / 'report.md'}, report.html and report.tex")
         return
     if not operator:
         raise RestoreError("give at least one operator with --operator (e.g. sr4,inpaint-box).")

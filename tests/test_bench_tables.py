@@ -73,3 +73,64 @@ def test_bench_solver_presets_provenance_and_gain_table(tmp_path, capsys):
     # an unknown preset in a label is refused before any work
     code = main(["bench", str(folder), "-o", "denoise", "--solver", "ddnm:nonsense", "--out", str(tmp_path / "c")])
     assert code == 2 and "no preset 'nonsense'" in capsys.readouterr().err
+
+
+def _bench_folder(tmp_path, capsys):
+    folder = tmp_path / "clean"
+    g = torch.Generator().manual_seed(1)
+    for k in range(3):
+        save_image(folder / f"im{k}.png", torch.rand(3, 24, 24, generator=g))
+    code = main(["bench", str(folder), "-o", "sr2;inpaint-random", "--noise", "0.02", "--solver", "ddnm",
+                 "--prior", "natural", "--steps", "2", "--out", str(tmp_path / "b"), "--threads", "1"])
+    assert code == 0, capsys.readouterr().err
+    return tmp_path / "b"
+
+
+def test_html_and_tex_reports_render_from_saved_results(tmp_path, capsys):
+    from html.parser import HTMLParser
+
+    out = _bench_folder(tmp_path, capsys)
+    page = (out / "report.html").read_text()
+    tex = (out / "report.tex").read_text()
+
+    class Count(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.srcs, self.texts = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.srcs += [v for k, v in attrs if k == "src"]
+
+        def handle_data(self, data):
+            self.texts.append(data)
+    c = Count()
+    c.feed(page)
+    assert c.tags.count("svg") >= 1 and "script" in c.tags  # PSNR (and LPIPS where its weights are here)
+    assert c.srcs and all(s.startswith("data:image/png;base64,") for s in c.srcs)  # self-contained: images inline
+    text = " ".join(c.texts)
+    assert "seconds per image (log scale)" in text and "PSNR dB (higher is better)" in text
+    assert "ground truth" in text and "measurement" in text and "detail ×" in text and "Gain over the best" in text
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "(baseline)" in tex
+    # redrawn from results.json alone, after the reports are removed
+    for name in ("report.html", "report.tex", "report.md"):
+        (out / name).unlink()
+    assert main(["bench", "report", str(out)]) == 0
+    assert (out / "report.html").read_text() == page and (out / "report.tex").read_text() == tex
+    assert main(["bench", "report", str(tmp_path / "nowhere")]) == 2
+
+
+def test_nice_ticks_and_detail_box(tmp_path):
+    from restore.report import detail_box, nice_ticks
+
+    assert nice_ticks(20.3, 27.9) == [22.0, 24.0, 26.0] or nice_ticks(20.3, 27.9) == [20.5, 22.5, 25.0, 27.5] \
+        or all(20.3 <= t <= 27.9 for t in nice_ticks(20.3, 27.9))
+    ticks = nice_ticks(0.1, 0.45)
+    assert ticks[0] >= 0.1 and ticks[-1] <= 0.45 and len(ticks) >= 3
+    steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:])}
+    assert len(steps) == 1
+    img = torch.zeros(3, 40, 40)
+    img[:, 25:35, 5:15] = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(0))  # the only detail
+    save_image(tmp_path / "d.png", img)
+    t, l, h, w = detail_box(tmp_path / "d.png")
+    assert t <= 25 < 35 <= t + h + 1 and l <= 5 + 1 and 15 <= l + w + 1
