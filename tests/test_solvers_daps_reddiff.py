@@ -40,10 +40,11 @@ from tests.solver_testing import (GAUSSIAN_SPECS, SMOKE_SPECS, gaussian_problem,
 
 SIGMA_Y = 0.05                        # measurement noise on [0, 1]
 TAU = 2 * math.sqrt(2) * SIGMA_Y      # exp(−‖2r‖²/τ²) = exp(−‖r‖²/(2σ_y²)): DAPS's likelihood equals the true one
-# a short DAPS run: 30 levels σ 100 → 0.1, 3 Euler steps each, 20 Langevin steps with lr 1e-2 decaying to 1e-4
-DAPS_TEST = dict(annealing_steps=30, ode_steps=3, mcmc_steps=20, lr=1e-2, tau=TAU)
+# a short DAPS run: 30 levels σ 100 → 0.1, 3 Euler steps each, 20 Langevin steps with lr 1e-2 decaying to 1e-4; the
+# fixed τ given (likelihood="official": τ is used as it is, whatever noise the solver is told)
+DAPS_TEST = dict(annealing_steps=30, ode_steps=3, mcmc_steps=20, lr=1e-2, tau=TAU, likelihood="official")
 # DAPS-1K (200 levels × 5 ODE steps, 100 Langevin steps) with τ matched to the noise and the step size scaled to it
-DAPS_1K = dict(tau=TAU, lr=3e-3)
+DAPS_1K = dict(tau=TAU, lr=3e-3, likelihood="official")
 SPECS = dict(GAUSSIAN_SPECS, blur="blur:kind=gaussian,size=3,std=0.5,boundary=circular")  # well-conditioned blur
 
 
@@ -163,6 +164,61 @@ def test_daps_hmc_samples_follow_their_closed_form():
     assert abs(var_stat - 1) < 0.09, var_stat
 
 
+@pytest.mark.parametrize("likelihood,closed_form", [("noise", "auto"), ("noise", "off"), ("official", "auto")])
+def test_daps_likelihood_uses_the_measurement_noise(likelihood, closed_form):
+    """Told σ_y = 0.05, DAPS samples with τ_eff = √(τ² + 2s²σ_y²) and the step lr·τ_eff/τ ("noise"), or with the fixed
+    τ and lr ("official"): K = 128 samples vs the exact law of DAPS with those values (χ² bounds as above), on both
+    Langevin paths; the values used are reported. "noise": τ = 1e-3, so τ_eff ≈ 2√2·σ_y (the true likelihood);
+    "official": τ = 2√2·σ_y given, used as it is."""
+    from restore.solvers.daps import effective_tau
+
+    k = 128
+    prior, op, _, y = gaussian_problem(SPECS["sr"], sigma_y=SIGMA_Y)
+    tau = 1e-3 if likelihood == "noise" else TAU
+    tau_eff = math.sqrt(tau**2 + 2 * 4 * SIGMA_Y**2)
+    assert float(effective_tau(tau, 2.0, SIGMA_Y, torch.ones(1), likelihood)) == pytest.approx(
+        tau_eff if likelihood == "noise" else tau, rel=1e-12)
+    scale = tau_eff / tau if likelihood == "noise" else 1.0
+    params = dict(DAPS_TEST, tau=tau, lr=1e-2 / scale, likelihood=likelihood, closed_form=closed_form)
+    solver = get_solver("daps", **params)
+    used = dict(solver.params, tau=tau_eff if likelihood == "noise" else tau, lr=1e-2)
+    a, v = daps_moments(prior, op, y, used)
+    out = run_sample(solver, replicas(y, k), op, prior, seeds=range(k), noise=SIGMA_Y).double().reshape(k, -1).numpy()
+    mean_stat, var_stat, _ = whitened(out.mean(0), np.cov(out.T), a, v)
+    assert 0.3 < k * mean_stat < 2.0, k * mean_stat
+    assert abs(var_stat - 1) < 0.09, var_stat
+    assert solver.reported["tau_used"] == pytest.approx(used["tau"], rel=1e-9)
+    assert solver.reported["lr_used"] == pytest.approx(1e-2, rel=1e-9)
+    # without noise both likelihoods are the official one: τ_eff = τ and the step is lr
+    quiet = get_solver("daps", **params)
+    run_sample(quiet, y, op, prior, seeds=[0])
+    assert (quiet.reported["tau_used"], quiet.reported["lr_used"]) == (tau, params["lr"])
+
+
+def test_daps_effective_tau_and_what_solve_reports():
+    """τ_eff² = τ² + 2s²κσ_y² (s = 2, or 1 for phase retrieval; κ = 1/‖AᵀA‖ of a normalised operator); ``solve``
+    puts the τ and the first step used into the result's parameters (the sidecar), beside the parameters given."""
+    from restore.solvers.daps import effective_tau
+
+    kappa = torch.tensor([1.0, 0.25])
+    got = effective_tau(0.01, 2.0, 0.1, kappa)
+    assert torch.allclose(got, torch.tensor([math.sqrt(1e-4 + 8 * 0.01), math.sqrt(1e-4 + 8 * 0.01 / 4)],
+                                            dtype=torch.float64))
+    assert float(effective_tau(0.01, 1.0, 0.1, torch.ones(1))) == pytest.approx(math.sqrt(1e-4 + 2 * 0.01))
+    assert float(effective_tau(0.01, 2.0, 0.0, torch.ones(1))) == 0.01
+    assert float(effective_tau(0.01, 2.0, 0.1, torch.ones(1), "official")) == 0.01
+    prior, op, _, y = smoke_problem("denoise", sigma_y=0.1)
+    result = solve(get_solver("daps", **SMOKE["daps"]), y, op, prior, seeds=[0], noise=0.1)
+    tau_eff = math.sqrt(1e-4 + 8 * 0.01)
+    assert result.params["tau"] == 0.01 and result.params["likelihood"] == "noise"
+    assert result.params["tau_used"] == pytest.approx(tau_eff) and result.params["lr_used"] == pytest.approx(
+        1e-4 * tau_eff / 0.01)
+    official = solve(get_solver("daps", likelihood="official", **SMOKE["daps"]), y, op, prior, seeds=[0], noise=0.1)
+    assert (official.params["tau_used"], official.params["lr_used"]) == (0.01, 1e-4)
+    with pytest.raises(SolverError, match="likelihood must be one of noise, official"):
+        get_solver("daps", likelihood="exact")
+
+
 LANGEVIN_SPECS = dict(SPECS, mri="mri:accel=4,center=0.25,pattern=random",
                       blur_sep="blur:kind=gaussian,size=5,std=1.0", sr4="sr:factor=4,kernel=bicubic")
 
@@ -236,8 +292,9 @@ def test_daps_one_step_matches_the_official_score(family):
     from restore.solvers.base import randn_like_per_image
 
     prior, op, _, y = smoke_problem(family, sigma_y=0.02)
-    solver = get_solver("daps", annealing_steps=1, ode_steps=1, mcmc_steps=1, sigma_max=2.0)
-    out = run_sample(solver, y, op, prior, seeds=[0])
+    # the official likelihood: τ = 0.01 whatever the measurement noise the solver is told
+    solver = get_solver("daps", annealing_steps=1, ode_steps=1, mcmc_steps=1, sigma_max=2.0, likelihood="official")
+    out = run_sample(solver, y, op, prior, seeds=[0], noise=0.02)
     gens = generators([0], "solver/daps/0")
     x = randn_like_per_image(torch.empty((1, *op.image_shape)), gens) * 2.0
     with torch.no_grad():
@@ -461,6 +518,9 @@ def test_latent_daps_runs_through_the_decoder():
     assert result.failed == [None, None]
     alone = solve(solver, y[1:2], op, prior, seeds=[1])
     assert torch.allclose(alone.x[0], result.x[1], atol=1e-5)
+    # the latent path uses the measurement noise too (κ = 1: no normalisation through a decoder)
+    noisy = solve(solver, y, op, prior, seeds=[0, 1], noise=0.1)
+    assert noisy.params["tau_used"] == pytest.approx(math.sqrt(solver.params["tau"] ** 2 + 8 * 0.01))
 
 
 def test_reddiff_refuses_latent_priors():

@@ -96,6 +96,8 @@ class Solver:
             params[key] = _cast(key, value, self.defaults[key], self.name)
         self.preset = preset or ""
         self.params = params
+        #: values a solver derives while sampling (e.g. DAPS's ``tau_used``): ``solve()`` adds them to Result.params
+        self.reported: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------------------------------------------
     def check(self, op: Operator, prior) -> None:
@@ -133,6 +135,11 @@ class Solver:
         if "pixel" in problems:
             return "use a pixel prior, or a solver that handles latent priors (resample, daps)."
         return "use dps or daps, which need only a differentiable operator."
+
+    def params_for(self, op: Operator, prior=None) -> dict[str, Any]:
+        """The parameters ``sample`` uses on this operator (DAPS-1K/DAPS-100 take the task's official Langevin
+        settings at sampling time); by default the parameters as set."""
+        return dict(self.params)
 
     def sample(self, y: Tensor, op: Operator, prior, gens: Sequence[torch.Generator],
                progress: Progress | None = None) -> Tensor:
@@ -301,6 +308,7 @@ def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], 
         raise SolverError(f"--samples must be at least 1, got {samples}.")
     solver.check(op, prior)
     solver.noise = noise_sigma(noise)
+    solver.reported = {}
     counting = CountingOperator(op)
     net = getattr(prior, "net", None)
     counter = _NetCounter(net) if isinstance(net, torch.nn.Module) else None
@@ -334,7 +342,7 @@ def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], 
     cost = Cost(nfe=counter.calls if counter else 0, operator_evals=counting.count, seconds=seconds,
                 peak_memory_mb=_peak_memory_mb(y))
     return Result(x=mean, std=std, samples=samples, cost=cost, failed=failed,
-                  params=dict(solver.params, preset=solver.preset))
+                  params=dict(solver.params, preset=solver.preset, **solver.reported))
 
 
 def solver_needs_grad(solver: Solver) -> bool:

@@ -7,7 +7,7 @@ Algorithm (variables in the EDM σ-space, x_σ = x₀ + σ·n, on the prior's [-
     x ~ N(0, σ_0² I)
     for k = 0 … N−1:
         x̂₀ = PF-ODE(x, σ_k → σ_ode_min)             M Euler steps of dx/dσ = (x − D(x, σ))/σ   (M network evals)
-        x₀ ~ p(x₀ | x, y) ∝ exp(−‖s·(A(x₀) − y)‖²/τ²) · N(x₀; x̂₀, σ_k² I)   J Langevin (or HMC) steps from x̂₀
+        x₀ ~ p(x₀ | x, y) ∝ exp(−‖s·(A(x₀) − y)‖²/τ_eff²) · N(x₀; x̂₀, σ_k² I)   J Langevin (or HMC) steps from x̂₀
         x = x₀ + σ_{k+1}·n
 
 Likelihood scale (our operators act on [0, 1] images, the official ones on [-1, 1] data):
@@ -15,7 +15,7 @@ Likelihood scale (our operators act on [0, 1] images, the official ones on [-1, 
   divided by τ² (so its force is 2× that of ‖·‖²/(2τ²); the legacy branch used the latter);
 * for every operator but phase retrieval the official [-1, 1] residual is exactly 2× ours (A linear: A(x) on
   [-1, 1] = 2·A((x+1)/2) − A(1); HDR: clip(2x, −1, 1) = 2·hdr((x+1)/2) − 1), so we use s = 2 and the official
-  step sizes lr and τ = 0.01 keep their meaning;
+  step sizes lr and τ = 0.01 keep their meaning (τ_eff below is τ for noise-free data);
 * DAPS applies phase retrieval to [0, 1] data (``x*0.5 + 0.5`` first), which our operator already does: s = 1.
 
 Operators far from unit scale (``normalise``, default "auto"): CT's Radon transform has ‖AᵀA‖ in the thousands, so
@@ -23,16 +23,54 @@ the official lr (tuned, like every official task, for ‖AᵀA‖ ≤ 1) would m
 ``base.GAIN_LIMIT`` the data gradient is divided by ‖AᵀA‖ — DAPS on the normalised operator A/‖A‖ and y/‖A‖, our
 extension (none of the official repositories has a CT task). No official task reaches the limit; "off" disables it.
 
-The measurement-noise σ_y does not enter DAPS: the likelihood temperature is τ (τ = 0.01 in every official task).
-Exp(−‖s r‖²/τ²) is a Gaussian likelihood with std τ/(√2·s) on our [0, 1] scale, which is what DAPS samples from.
+Measurement noise (``likelihood``, default "noise"). The official data term exp(−‖s·r‖²/τ²), r = A(x₀) − y on
+our [0, 1] scale, is a Gaussian likelihood of std τ/(√2·s): with the official τ = 0.01 (every task, whatever its
+noise) that is 0.0035 for s = 2, while the true likelihood of y = A(x) + n, n ~ N(0, σ_y² I) (σ_y on [0, 1], the
+measurement's ``noise_sigma``, set by ``solve``) is exp(−‖r‖²/(2σ_y²)). Equating the two gives τ = √2·s·σ_y. So with
+"noise" DAPS uses
+
+    τ_eff = √(τ² + 2 s² σ_y²),   i.e.   exp(−‖s·r‖²/τ_eff²) = exp(−‖r‖²/(2(σ_y² + τ²/(2s²)))):
+
+the likelihood of the measurement noise plus an independent Gaussian error of std τ/(√2·s) (variances of independent
+Gaussian errors add). τ (default 0.01) is then a floor: for σ_y = 0 (or Poisson noise, which has no σ) τ_eff = τ and
+DAPS is exactly the official one, the problem stays well-posed (a finite data weight); for σ_y ≫ τ/(√2·s) it is the
+true likelihood. At the official noise σ_y = 0.025 (0.05 on [-1, 1]) τ_eff = 0.071, 7× the official τ: the official
+configs sample a likelihood 7× too narrow, which fits the noise (on ``denoise`` at σ_y = 0.1, τ_eff = 0.28, and the
+official τ returns the noisy input). With the normalised operator (κ = 1/‖AᵀA‖, below) the data term is
+s²κ‖r‖²/τ_eff², so the noise part is taken in the same normalised units, τ_eff² = τ² + 2s²κσ_y² (per image): the
+noise likelihood stays exact and τ keeps its unit-scale meaning. "official" uses the fixed τ (the official code,
+whatever the noise).
+
+Step size with the "noise" likelihood: η_k = lr·(decay)·τ_eff/τ. A Langevin step is stable while
+η·(1/σ_k² + a·λ_max) < 2, λ_max = ‖AᵀA‖·κ, with the data weight a = (s²/2)·κ/τ_eff² = a_off·τ²/τ_eff², so a weaker
+data force alone keeps every official lr stable — but the official lr was tuned for a_off: with it unchanged the chain
+hardly moves towards the data any more (J·η·a·λ at the first level: 12.5 for SR×4 with τ, 0.24 with τ_eff at
+σ_y = 0.025) and DAPS ignores the measurement instead of fitting its noise. Scaling η by r = τ_eff²/τ² keeps the
+official relaxation in the data directions but mixes the prior directions r× more, where DAPS's N(x̂₀, σ_k² I) is
+too wide (see "Accuracy" below): the sample picks up that excess variance. The official runs work because
+those directions hardly move (J·η/σ_k² ≪ 1 at the late levels). η·τ_eff/τ = η·√r splits the mismatch evenly (each
+direction off by √r); measured on 4 faces (DAPS-100, faces64; PSNR dB, noisy input or A⁺y first):
+
+    task (σ_y)              A⁺y/noisy  official τ   τ_eff, lr×1   ×√r     ×r      best tried
+    denoise (0.1)             20.43      20.44        16.03       22.47   21.39   23.38 (lr×10)
+    sr4 (0.025)               22.84      23.20        15.66       20.70   18.66   20.70 (×√r)
+    inpaint-random (0.025)     5.77      24.70        21.78       22.95   20.18   23.43 (lr×3.7)
+
+(faces: ``sample_data/astronaut_face64.png`` and ``test/faces64`` 00000, 00100, 00200; seeds 0–3; lr×k set with
+``lr=``; the ×√r column is the default.) The same rule scales the HMC step and latent DAPS's; those were not measured.
+
+So on the official tasks at their noise level the correct likelihood costs DAPS 1.7–2.5 dB of PSNR (its samples are
+less pinned to the data, and the Gaussian approximation shows), while at σ_y = 0.1 it is what makes DAPS denoise at
+all. ``likelihood=official`` restores the official behaviour. The τ and the first step used are reported in the
+result's parameters as ``tau_used`` and ``lr_used`` (one number, or one per image when they differ).
 
 Latent priors (LatentDAPS, ``card.latent``): the same loop on latents z, with x̂₀, the Gaussian prior term and the
-noise in latent space, and the data term through the decoder, ‖s·(A((Dec(z)+1)/2) − y)‖²/τ²; as in the official
-``LatentWrapper.gradient`` its latent gradient is clipped to [−1, 1] element-wise before the 1/τ². The output is
+noise in latent space, and the data term through the decoder, ‖s·(A((Dec(z)+1)/2) − y)‖²/τ_eff²; as in the official
+``LatentWrapper.gradient`` its latent gradient is clipped to [−1, 1] element-wise before the 1/τ_eff². The output is
 Dec(z₀).
 
 Closed-form Langevin (``closed_form``, default "auto"; our speed-up, the same law). For a linear operator the J
-Langevin steps of a level are an affine map plus Gaussian noise: with H = I/σ_k² + a·AᵀA (a = (s²/2)/τ², times
+Langevin steps of a level are an affine map plus Gaussian noise: with H = I/σ_k² + a·AᵀA (a = (s²/2)/τ_eff², times
 1/‖AᵀA‖ when normalised) and b = x̂₀/σ_k² + a·Aᵀỹ, each step is x ← (I − ηH)x + ηb + √(2η)ε, so from x = x̂₀
 
     x_J ~ N( T^J x̂₀ + (I − T^J) H⁻¹ b,   2η Σ_{j<J} T^{2j} ),    T = I − ηH.
@@ -81,6 +119,7 @@ from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_
                    to01)
 
 CLOSED_FORM = ("auto", "on", "off")
+LIKELIHOODS = ("noise", "official")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the official per-task MCMC settings (``configs/task/*.yaml``): J, lr, lr_min_ratio, momentum, per task group.
@@ -134,6 +173,22 @@ def residual_scale(op) -> float:
     return 1.0 if op.spec.family == "phase" else 2.0
 
 
+def effective_tau(tau: float, s: float, sigma_y: float, kappa: Tensor, likelihood: str = "noise") -> Tensor:
+    """τ_eff per image (float64, shaped like ``kappa``): √(τ² + 2 s² κ σ_y²) for the "noise" likelihood, the fixed τ
+    for "official" (see the module docstring). ``sigma_y`` on [0, 1]; ``kappa`` = 1/‖AᵀA‖ of the normalised operator,
+    ones otherwise."""
+    kappa = kappa.double()
+    if likelihood == "official":
+        return torch.full_like(kappa, float(tau))
+    return (tau**2 + 2 * s * s * kappa * sigma_y**2).sqrt()
+
+
+def _shown(tau: Tensor) -> float | list[float]:
+    """τ_eff as the result's parameters show it: one number, or one per image when they differ."""
+    values = [float(v) for v in tau.reshape(-1).cpu()]
+    return values[0] if len(set(values)) == 1 else values
+
+
 class DAPSSolver(Solver):
     steps_param = "annealing_steps"  # --steps sets the number of annealing levels
     name = "daps"
@@ -141,7 +196,7 @@ class DAPSSolver(Solver):
     needs = frozenset()
     uses_grad = True  # autograd through nonlinear operators and latent decoders (never through the network)
     defaults = dict(_PIXEL, mcmc="langevin", mcmc_steps=100, lr=1e-4, lr_min_ratio=0.01, tau=0.01, momentum=0.9,
-                    normalise="auto", mcmc_from_task=False, closed_form="auto")
+                    normalise="auto", mcmc_from_task=False, closed_form="auto", likelihood="noise")
     presets = {
         "daps-1k": dict(_PIXEL, mcmc_from_task=True,
                         description="DAPS-1K: 200 annealing levels × 5 ODE steps = 1000 NFE; the task's official "
@@ -174,15 +229,14 @@ class DAPSSolver(Solver):
             raise SolverError(f"daps: normalise must be one of {', '.join(NORMALISE)}, got '{p['normalise']}'.")
         if p["closed_form"] not in CLOSED_FORM:
             raise SolverError(f"daps: closed_form must be one of {', '.join(CLOSED_FORM)}, got '{p['closed_form']}'.")
+        if p["likelihood"] not in LIKELIHOODS:
+            raise SolverError(f"daps: likelihood must be one of {', '.join(LIKELIHOODS)}, got '{p['likelihood']}'.")
 
     # ----------------------------------------------------------------------------------------------------------------
     def sample(self, y, op, prior, gens, progress=None):
         p = self.params
         latent = bool(getattr(prior.card, "latent", False))
-        if p["mcmc_from_task"] and not latent and p["mcmc"] == "langevin":
-            task = _TASKS.get(task_of(op.spec))
-            chosen = dict(zip(("mcmc_steps", "lr", "lr_min_ratio"), task[0])) if task else self._base_mcmc
-            p.update({k: v for k, v in chosen.items() if k not in self._explicit})  # the sidecar shows them
+        p.update(self.params_for(op, prior))  # mcmc_from_task: the task's settings; the sidecar shows them
         N, M, J = p["annealing_steps"], p["ode_steps"], p["mcmc_steps"]
         s = residual_scale(op)
         why_not = closed_form_refusal(op, latent, p["mcmc"])
@@ -192,17 +246,27 @@ class DAPSSolver(Solver):
         spectral = data_grad = None
         # CT: the normalised operator A/‖A‖ (data_term_scale), so lr keeps its unit-scale meaning
         kappa = None if latent else data_term_scale(op, y.shape[0], y.device, p["normalise"])
+        # the likelihood's τ per image: √(τ² + 2s²κσ_y²) ("noise") or τ ("official"); shown in the result's params
+        tau = effective_tau(p["tau"], s, float(getattr(self, "noise", 0.0) or 0.0),
+                            kappa.reshape(-1) if kappa is not None else torch.ones(y.shape[0], device=y.device),
+                            p["likelihood"])
+        # "noise": the step size scales with τ_eff/τ (see the module docstring); per image only where τ_eff differs
+        lr_scale = tau / p["tau"] if p["likelihood"] == "noise" else torch.ones_like(tau)
+        self.reported.update(tau_used=_shown(tau), lr_used=_shown(p["lr"] * lr_scale))
+        shape = self._state_shape(op, prior, latent, y.device)
+        uniform = bool((lr_scale == lr_scale[0]).all())
+        lr_scale = float(lr_scale[0]) if uniform else lr_scale.reshape(-1, *([1] * len(shape)))
         if p["closed_form"] != "off" and not why_not:
-            # the J steps of a level drawn at once (same law): a = c·κ/τ² with c = s²/2 as in _data_gradient
-            spectral = SpectralLangevin(op, measurement_pm1(y, op), (s * s / 2) * kappa.reshape(-1) / p["tau"] ** 2)
+            # the J steps of a level drawn at once (same law): a = c·κ/τ_eff² with c = s²/2 as in _data_gradient
+            spectral = SpectralLangevin(op, measurement_pm1(y, op), (s * s / 2) * kappa.reshape(-1) / tau**2)
         else:
             grad_fn, c = self._data_gradient(y, op, prior, s, latent)
-            scaled = kappa is not None and bool((kappa != 1).any())
-            data_grad = ((lambda x: grad_fn(x).mul_(kappa)) if scaled else grad_fn), c
+            # the data weight per image, c·κ/τ_eff², shaped to multiply the gradient
+            weight = c * (kappa.reshape(-1) if kappa is not None else 1.0) / tau**2
+            data_grad = grad_fn, weight.float().reshape(-1, *([1] * len(shape)))
 
         # the annealing grid: N+1 poly-7 points, the first N kept, then 0 (EDMScheduler.discretize)
         sigmas = poly_sigmas(p["sigma_max"], p["sigma_min"], N + 1)[:N] + [0.0]
-        shape = self._state_shape(op, prior, latent, y.device)
         x = randn_like_per_image(torch.empty((y.shape[0], *shape), device=y.device), gens) * sigmas[0]
 
         for k in range(N):
@@ -211,8 +275,9 @@ class DAPSSolver(Solver):
             with torch.no_grad():
                 x0hat = self._pf_ode(x, prior, poly_sigmas(sigma, p["ode_sigma_min"], M + 1))
             # 2. MCMC on p(x₀ | x_t, y) with the Gaussian approximation p(x₀ | x_t) ≈ N(x̂₀, σ_k² I);
-            #    the step size decays linearly to lr·lr_min_ratio: η_k = lr·(1 + k/(N+1)·(lr_min_ratio − 1))
-            eta = p["lr"] * (1 + k / (N + 1) * (p["lr_min_ratio"] - 1))
+            #    the step size decays linearly to lr·lr_min_ratio: η_k = lr·(1 + k/(N+1)·(lr_min_ratio − 1)),
+            #    times τ_eff/τ for the "noise" likelihood (a float, or a tensor of one value per image)
+            eta = p["lr"] * (1 + k / (N + 1) * (p["lr_min_ratio"] - 1)) * lr_scale
             if spectral is not None:
                 x0 = spectral.sample(x0hat, sigma, eta, J, gens)
             else:
@@ -225,6 +290,18 @@ class DAPSSolver(Solver):
             with torch.no_grad():
                 x = prior.decode(x)
         return x
+
+    def params_for(self, op, prior=None) -> dict:
+        """The parameters ``sample`` uses on ``op``: with ``mcmc_from_task`` (DAPS-1K / DAPS-100) and a pixel prior,
+        the task's official Langevin settings (J, lr, lr_min_ratio; 100 steps at 1e-4 for a task without any),
+        explicit overrides winning; otherwise the parameters as set."""
+        p = dict(self.params)
+        latent = bool(getattr(getattr(prior, "card", None), "latent", False))
+        if p["mcmc_from_task"] and not latent and p["mcmc"] == "langevin":
+            task = _TASKS.get(task_of(op.spec))
+            chosen = dict(zip(("mcmc_steps", "lr", "lr_min_ratio"), task[0])) if task else self._base_mcmc
+            p.update({k: v for k, v in chosen.items() if k not in self._explicit})
+        return p
 
     def auto_preset(self, op, prior=None):
         """The official settings for the operator's task: the pixel Langevin group, or for a latent prior (when the
@@ -252,30 +329,38 @@ class DAPSSolver(Solver):
             x = x + (s_next - s_cur) * d
         return x
 
-    def _mcmc(self, x0hat: Tensor, sigma: float, eta: float, steps: int, data_grad, gens) -> Tensor:
+    def _mcmc(self, x0hat: Tensor, sigma: float, eta, steps: int, data_grad, gens) -> Tensor:
         """J Langevin or (damped) HMC steps on log p(x₀|x_t,y) from x₀ = x̂₀, with the score
-        ∇ log p = −∇_x ‖s·(A(x) − y)‖²/τ² + (x̂₀ − x)/σ_k²  (``data_grad`` returns the data gradient as c·g)."""
+        ∇ log p = −∇_x ‖s·(A(x) − y)‖²/τ_eff² + (x̂₀ − x)/σ_k²  (``data_grad`` = (g, a_data): the gradient g and its
+        weight per image, a_data = c·κ/τ_eff², so that the data term's gradient is a_data·g). ``eta``: the step, a
+        float or one per image (B, 1, …)."""
         p = self.params
-        grad_fn, c = data_grad
-        a_prior, a_data = 1.0 / sigma**2, c / p["tau"] ** 2   # score = a_prior·(x̂₀ − x) − a_data·g
+        grad_fn, a_data = data_grad
+        a_data = a_data.to(x0hat.dtype)
+        if not isinstance(eta, float):
+            eta = eta.to(device=x0hat.device, dtype=x0hat.dtype)
+        a_prior = 1.0 / sigma**2                                # score = a_prior·(x̂₀ − x) − a_data·g
         x = x0hat.clone()
         if p["mcmc"] == "langevin":
-            noise_scale = math.sqrt(2 * eta)
+            noise_scale = math.sqrt(2 * eta) if isinstance(eta, float) else (2 * eta).sqrt()
+            data_step = a_data * eta
             for _ in range(steps):
                 g = grad_fn(x)
                 # x ← x + η·score + √(2η)·ε  =  (1 − η a_prior)·x + η a_prior·x̂₀ − η a_data·g + √(2η)·ε   (in place)
-                x.mul_(1 - eta * a_prior).add_(x0hat, alpha=eta * a_prior).sub_(g, alpha=eta * a_data)
-                x.add_(randn_like_per_image(x, gens), alpha=noise_scale)
+                _axpy(x.mul_(1 - eta * a_prior), x0hat, eta * a_prior).addcmul_(g, data_step, value=-1.0)
+                _axpy(x, randn_like_per_image(x, gens), noise_scale)
         else:
-            m, h = p["momentum"], math.sqrt(eta)
+            m = p["momentum"]
+            h = math.sqrt(eta) if isinstance(eta, float) else eta.sqrt()
             noise_scale = math.sqrt(2 * (1 - m))
+            data_step = a_data * h
             v = randn_like_per_image(x, gens)                       # v₀ ~ N(0, I)
             for _ in range(steps):
                 g = grad_fn(x)
                 # v ← m·v + √η·score + √(2(1−m))·ε ;  x ← x + √η·v
-                v.mul_(m).add_(x0hat, alpha=h * a_prior).sub_(x, alpha=h * a_prior).sub_(g, alpha=h * a_data)
+                _axpy(_axpy(v.mul_(m), x0hat, h * a_prior), x, -h * a_prior).addcmul_(g, data_step, value=-1.0)
                 v.add_(randn_like_per_image(x, gens), alpha=noise_scale)
-                x.add_(v, alpha=h)
+                _axpy(x, v, h)
         return x
 
     @staticmethod
@@ -302,6 +387,11 @@ class DAPSSolver(Solver):
         return grad_autograd, 1.0
 
 
+def _axpy(x: Tensor, t: Tensor, c) -> Tensor:
+    """x += c·t in place, c a float or a tensor that broadcasts (one value per image)."""
+    return x.add_(t, alpha=c) if isinstance(c, float) else x.addcmul_(t, c)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # closed-form Langevin (see the module docstring)
 
@@ -321,7 +411,7 @@ def closed_form_refusal(op, latent: bool, mcmc: str) -> str | None:
     return None
 
 
-def langevin_law(h: Tensor, eta: float, steps: int) -> tuple[Tensor, Tensor]:
+def langevin_law(h: Tensor, eta, steps: int) -> tuple[Tensor, Tensor]:
     """For the scalar chain c ← m·c + η·b + √(2η)·ε, m = 1 − η·h (h > 0, float64), after J = ``steps`` steps:
     (m^J, q) with c_J ~ N(m^J c₀ + (1 − m^J)·b/h, q), q = 2η Σ_{j<J} m^{2j}. Accurate for tiny η·h (log1p/expm1:
     1 − m is not rounded away) and correct for η·h ≥ 1 (m ≤ 0: an oscillating or, past η·h = 2, diverging chain, as
@@ -349,15 +439,18 @@ class SpectralLangevin:
         self.a_lam = a_data.double().reshape(shape) * lam        # a·s², (B, *spectral)
         self.a = a_data.double().reshape(shape)
 
-    def law(self, sigma: float, eta: float, steps: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(keep, towards, std), float32 per coefficient: x_J = V(keep·Vᴴx̂₀ + towards·VᴴAᵀỹ + std·Vᴴε)."""
+    def law(self, sigma: float, eta, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(keep, towards, std), float32 per coefficient: x_J = V(keep·Vᴴx̂₀ + towards·VᴴAᵀỹ + std·Vᴴε). ``eta``:
+        the step, a float or one per image."""
+        if not isinstance(eta, float):
+            eta = eta.to(device=self.a.device, dtype=torch.float64).reshape(-1, *([1] * (self.a.dim() - 1)))
         h = 1.0 / sigma**2 + self.a_lam                          # H's eigenvalues
         m_j, q = langevin_law(h, eta, steps)
         pull = (1 - m_j) / h                                     # (1 − m^J)/h, the weight of b
         keep = m_j + pull / sigma**2                             # m^J + (1 − m^J)/(σ²h)
         return keep.float(), (pull * self.a).float(), q.sqrt().float()
 
-    def sample(self, x0hat: Tensor, sigma: float, eta: float, steps: int, gens) -> Tensor:
+    def sample(self, x0hat: Tensor, sigma: float, eta, steps: int, gens) -> Tensor:
         keep, towards, std = self.law(sigma, eta, steps)
         noise = self.op.Vt(randn_like_per_image(x0hat, gens))
         return self.op.V(self.op.Vt(x0hat) * keep + self.aty * towards + std * noise)
