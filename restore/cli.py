@@ -90,11 +90,13 @@ def solve_command(
     """Restore measurements with a diffusion solver; writes images and JSON sidecars (metrics when a ground truth
     is known)."""
     set_threads(threads)
+    from .distributed import finish, gather, setup
     from .solve import collect_jobs, parse_params, run
 
+    w, device = setup(device, threads)  # under torchrun: this rank's device; one process otherwise
     params = parse_params(param)
     jobs = collect_jobs(inputs, operator, noise, mask, seed, reference, out=out)
-    with progress_bar() as bar:
+    with progress_bar(enabled=w.rank == 0) as bar:
         task = bar.add_task("solving", total=None)
 
         def progress(label, i, n):
@@ -103,7 +105,13 @@ def solve_command(
         rows = run(jobs, solver, prior, out, preset=preset, steps=steps, samples=samples, batch_size=batch_size,
                    device=device, overwrite=overwrite, lpips_weights=lpips_weights, progress=progress, params=params,
                    protect=[mask] if mask else [], fit=fit, memory_check=memory_check,
-                   notify=lambda text: bar.console.print(f"[bold]{escape(text)}[/]", highlight=False))
+                   notify=lambda text: bar.console.print(f"[bold]{escape(text)}[/]", highlight=False),
+                   shard=(w.rank, w.size))
+    parts = gather(rows)  # rank 0: every rank's rows, in rank order
+    finish()
+    if parts is None:
+        return
+    rows = [r for part in parts for r in part]
     _print_rows(rows, f"restore solve --solver {solver}")
     if any(r["status"] == "failed" for r in rows):
         for r in rows:
@@ -113,12 +121,13 @@ def solve_command(
         raise typer.Exit(1)
 
 
-def progress_bar():
-    """A transient bar with elapsed and remaining time (rich)."""
+def progress_bar(enabled: bool = True):
+    """A transient bar with elapsed and remaining time (rich); hidden on torchrun's other ranks."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), "remaining", TimeRemainingColumn(), console=console, transient=True)
+                    TimeElapsedColumn(), "remaining", TimeRemainingColumn(), console=console, transient=True,
+                    disable=not enabled)
 
 
 def set_threads(threads: int) -> None:
@@ -208,12 +217,25 @@ def bench_command(
 
     for label in solvers:
         solver_of_label(label)
-    with progress_bar() as bar:
+    from .distributed import barrier, finish, setup
+
+    w, device = setup(device, threads)
+    if w.active:  # torchrun: each rank one shard, rank 0 merges
+        if shard:
+            raise RestoreError("--shard and torchrun both split the images; use one of them.")
+        shard = w.shard
+    with progress_bar(enabled=w.rank == 0) as bar:
         task = bar.add_task("bench", total=None)
         rows = bench(images, specs, solvers, prior, out, noise=noise, limit=limit, preset=preset, steps=steps,
                      seed=seed, shard=shard, batch_size=batch_size, device=device, lpips_weights=lpips_weights,
                      progress=lambda label, i, n: bar.update(task, description=label, completed=i, total=n),
                      baselines=baselines, threads=threads)
+    if w.active:
+        barrier()
+        finish()
+        if w.rank != 0:
+            return
+        rows = merge([str(out / f"shard-{k}-of-{w.size}") for k in range(w.size)], out)
     from .bench import gains, summarise
 
     gain = gains(rows)

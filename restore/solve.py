@@ -205,11 +205,13 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         overwrite: bool = False, lpips_weights: str | None = None,
         progress: Callable[[str, int, int], None] | None = None, out_format: str = "png",
         params: dict | None = None, protect: "list[str | Path]" = (), fit: str | None = None,
-        memory_check: bool = True, notify: Callable[[str], None] | None = None) -> list[dict]:
+        memory_check: bool = True, notify: Callable[[str], None] | None = None,
+        shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Solve every job; returns one row per image (status, output, metrics, cost). ``params`` override single solver
     parameters on top of the preset (``--param KEY=VALUE``); ``fit`` (pad, crop, resize) fits plain images to the
     prior's size (``restore.fit``). Before any work the largest batch's memory is checked against the free memory
-    (``memory_check``) and, through ``notify``, a long run says its estimated time. No output is written over an input, a reference, a file
+    (``memory_check``) and, through ``notify``, a long run says its estimated time. ``shard`` (i, n) solves only
+    every n-th job from the i-th (torchrun's ranks), with outputs named and checked over all jobs. No output is written over an input, a reference, a file
     in ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
     import priors
 
@@ -227,12 +229,14 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
     # every target is checked before any work: never an input of this run, never a file restore did not write
     guard = OutputGuard([j.source for j in jobs] + [Path(j.reference_path) for j in jobs if j.reference_path]
                         + [Path(p) for p in protect])
-    for job, name in zip(jobs, output_names([j.rel for j in jobs], f".{out_format}")):
+    for k, (job, name) in enumerate(zip(jobs, output_names([j.rel for j in jobs], f".{out_format}"))):
         target = out / name
         sidecar = target.with_suffix(".json")
         ours = is_restore_sidecar(sidecar)
         for path in [sidecar, target] + ([std_path(target)] if samples > 1 else []):
-            guard.check(path, owned=ours)
+            guard.check(path, owned=ours)  # every rank checks every target: all refuse together
+        if k % shard[1] != shard[0]:
+            continue
         if target.exists() and ours and not overwrite:
             rows.append(dict(input=str(job.source), output=str(target), status=SKIPPED, skipped=True))
         else:
