@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -114,6 +115,16 @@ BACKPROP = {"dps": "all", "resample": "guided"}
 OVERHEAD_TARGET = 1.10
 BEGIN = "<!-- BEGIN solver benchmark results: written by benchmarks/solvers.py --markdown; do not edit by hand -->"
 END = "<!-- END solver benchmark results -->"
+PRESETS_BEGIN = "<!-- BEGIN preset table: written by benchmarks/solvers.py from the solver classes; do not edit by hand -->"
+PRESETS_END = "<!-- END preset table -->"
+#: the parameters the preset table quotes for each solver (their values always come from the solver classes)
+HEADLINE = {
+    "dps": ("steps", "scale"),
+    "ddnm": ("steps", "eta", "sigma_y"),
+    "daps": ("annealing_steps", "ode_steps", "mcmc", "mcmc_steps", "lr", "momentum", "likelihood", "tau"),
+    "reddiff": ("steps", "lr", "grad_term_weight"),
+    "resample": ("steps", "pixel_iters", "latent_iters", "noise_stop"),
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -155,6 +166,73 @@ def parse_presets(text: str) -> dict[str, str | None]:
                                  f"{', '.join(sorted(known))}.")
             chosen[label] = preset
     return chosen
+
+
+def _shown_value(solver: str, key: str, value) -> str:
+    if solver == "ddnm" and key == "sigma_y" and value < 0:
+        return "the measurement's"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _face_op(task: str):
+    """The operator of a face task at 64×64 (one seeded parameter set): what a preset is chosen for."""
+    return operators.build(task_spec(task, {}), (3, 64, 64), seeds=[0])
+
+
+def preset_cell(label: str, preset: str | None, tasks: list[str] | None = None) -> str:
+    """What a solver label runs on the face tasks with ``preset`` (None: the preset ``restore solve`` picks for each
+    task): the preset name(s) and the HEADLINE parameters as the solver will use them (``params_for``: DAPS-100/1K
+    take the task's official Langevin settings); a value that differs between tasks is listed per task."""
+    import types
+
+    name = solver_of(label)
+    prior = types.SimpleNamespace(card=types.SimpleNamespace(latent=label in LATENT_LABELS))
+    tasks = tasks or DEFAULT_TASKS
+    chosen, shown = {}, {}
+    for task in tasks:
+        op = _face_op(task)
+        chosen[task] = preset or get_solver(name).auto_preset(op, prior) or ""
+        params = get_solver(name, preset=chosen[task] or None).params_for(op, prior)
+        shown[task] = {k: _shown_value(name, k, params[k]) for k in HEADLINE[name]
+                       if k in params and (k != "momentum" or params.get("mcmc") == "hmc")}
+    names = sorted({p for task, p in chosen.items() if p not in (task, f"latent-{task}")})
+    head = "/".join(f"`{p}`" for p in names) if names else "the task's preset"
+    keys = list(dict.fromkeys(k for task in tasks for k in shown[task]))
+    same = [k for k in keys if len({shown[task].get(k) for task in tasks}) == 1]
+    parts = [", ".join(f"{k}={shown[tasks[0]][k]}" for k in same)]
+    for k in keys:
+        if k not in same:
+            by_value: dict[str, list[str]] = {}
+            for task in tasks:
+                by_value.setdefault(shown[task].get(k, "–"), []).append(task)
+            parts.append(f"{k}: " + ", ".join(f"{v} ({', '.join(ts)})" for v, ts in by_value.items()))
+    return f"{head}: " + "; ".join(p for p in parts if p)
+
+
+def presets_markdown() -> str:
+    """The preset table of docs/benchmarks.md and docs/benchmarks-paper.md, from the solver classes' presets."""
+    lines = ["| solver | fast (`--presets fast`) | paper (`--presets paper`: what `restore solve` picks for the task) |",
+             "|---|---|---|"]
+    for label, fast in FAST.items():
+        shown = "latent DAPS" if label == "latent-daps" else label
+        lines.append(f"| {shown} | {preset_cell(label, fast)} | {preset_cell(label, None)} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_presets(path: Path, text: str | None = None) -> bool:
+    """Replace the preset table between its markers in ``path``; False when the file has no markers."""
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    if not (PRESETS_BEGIN in old and PRESETS_END in old and old.index(PRESETS_BEGIN) < old.index(PRESETS_END)):
+        return False
+    block = f"{PRESETS_BEGIN}\n\n{text or presets_markdown()}\n{PRESETS_END}"
+    new = old[:old.index(PRESETS_BEGIN)] + block + old[old.index(PRESETS_END) + len(PRESETS_END):]
+    if new != old:
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(new)
+        os.replace(tmp, path)
+    return True
 
 
 def task_spec(name: str, extra: dict[str, str]) -> str:
@@ -1165,7 +1243,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-solvers"), help="outputs, results.json, report.md")
     ap.add_argument("--resume", action="store_true",
                     help="keep outputs a previous run finished (they are left out of the overhead)")
-    ap.add_argument("--markdown", default=None, help="write the results section of this file (docs/benchmarks.md)")
+    ap.add_argument("--markdown", default=None, help="write the results section of this file (docs/benchmarks.md), "
+                                                     "and its preset table when it has one")
+    ap.add_argument("--presets-table", nargs="+", default=None, metavar="MD",
+                    help="only rewrite the preset table (between its markers) of these files from the solver "
+                         "classes' presets, e.g. docs/benchmarks.md docs/benchmarks-paper.md; nothing is run")
     ap.add_argument("--json", default=None, help="write everything measured to this JSON file")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (recorded in the results)")
     ap.add_argument("--device", default="cpu", help="device of the quality/overhead/throughput runs")
@@ -1292,6 +1374,14 @@ def combine(paths: list[str]) -> dict:
 
 def main(argv: list[str] | None = None, log=print) -> dict:
     args = build_parser().parse_args(argv)
+    if args.presets_table:
+        text = presets_markdown()
+        for path in args.presets_table:
+            if not update_presets(Path(path), text):
+                raise SystemExit(f"--presets-table: {path} has no preset-table markers ({PRESETS_BEGIN} … "
+                                 f"{PRESETS_END}).")
+            log(f"wrote the preset table of {path}")
+        return {"presets_table": text}
     if args.combine:
         return write_outputs(combine(args.combine), args, log)
     torch.set_num_threads(max(1, args.threads))
@@ -1426,6 +1516,8 @@ def write_outputs(result: dict, args, log) -> dict:
     if args.markdown:
         update_markdown(Path(args.markdown), results_markdown(result))
         log(f"wrote the results section of {args.markdown}")
+        if update_presets(Path(args.markdown)):
+            log(f"wrote the preset table of {args.markdown}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(_clean(result), indent=1, ensure_ascii=False) + "\n")

@@ -67,6 +67,34 @@ def test_presets_parse_fast_paper_and_mappings(bs):
             bs.parse_presets(bad)
 
 
+def test_preset_tables_in_the_docs_come_from_the_solver_classes(bs, tmp_path):
+    """The preset tables of docs/benchmarks.md and docs/benchmarks-paper.md are what ``presets_markdown`` writes from
+    the solver classes' presets (a preset changed in the code without rerunning ``benchmarks/solvers.py
+    --presets-table docs/benchmarks.md docs/benchmarks-paper.md`` fails here), and the values are the code's."""
+    from restore.solvers import SOLVERS
+
+    text = bs.presets_markdown()
+    for doc in ("docs/benchmarks.md", "docs/benchmarks-paper.md"):
+        body = (ROOT / doc).read_text()
+        assert bs.PRESETS_BEGIN in body and bs.PRESETS_END in body, doc
+        block = body[body.index(bs.PRESETS_BEGIN) + len(bs.PRESETS_BEGIN):body.index(bs.PRESETS_END)]
+        assert block.strip() == text.strip(), (f"{doc}: stale preset table; run python benchmarks/solvers.py "
+                                               f"--presets-table docs/benchmarks.md docs/benchmarks-paper.md")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()[2:]}
+    fast = SOLVERS["dps"].presets["fast"]
+    assert f"`fast`: steps={fast['steps']}, scale={fast['scale']:g} |" in rows["dps"]
+    assert f"scale: {SOLVERS['dps'].presets['sr4']['scale']:g} (sr4," in rows["dps"]
+    assert f"lr={SOLVERS['reddiff'].presets['fast']['lr']:g}" in rows["reddiff"]
+    # rewriting: only between the markers; a file without them is left alone
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"intro\n{bs.PRESETS_BEGIN}\n| stale |\n{bs.PRESETS_END}\nrest\n")
+    assert bs.update_presets(doc, text)
+    assert doc.read_text() == f"intro\n{bs.PRESETS_BEGIN}\n\n{text}\n{bs.PRESETS_END}\nrest\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not bs.update_presets(plain, text) and plain.read_text() == "no markers\n"
+
+
 def test_tasks_and_the_fixed_subset(bs, tmp_path):
     assert bs.task_spec("inpaint-box", {}) == "mask:kind=box,size=32,margin=8"
     assert bs.task_spec("sr2", {}).startswith("sr:")                      # any operator preset
