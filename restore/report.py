@@ -160,9 +160,10 @@ def pareto_svg(points: list[tuple[str, str, float, float]], ylabel: str, lower_b
     left, right, top, bottom = 64, 150, 16, 48
     xs = [math.log10(p[2]) for p in pts]
     ys = [p[3] for p in pts]
-    x0, x1 = min(xs), max(xs)
+    x0, x1 = min(xs) - 0.15, max(xs) + 0.15
     if x1 - x0 < 1:
         x0, x1 = (x0 + x1) / 2 - 0.5, (x0 + x1) / 2 + 0.5
+    mantissas = (1,) if x1 - x0 > 2.5 else (1, 2, 5)  # tick labels that do not overlap
     y0, y1 = min(ys), max(ys)
     pad = (y1 - y0) * 0.08 or max(abs(y0) * 0.05, 0.01)
     y0, y1 = y0 - pad, y1 + pad
@@ -177,14 +178,14 @@ def pareto_svg(points: list[tuple[str, str, float, float]], ylabel: str, lower_b
              f'aria-label="{html.escape(ylabel)} against seconds per image">',
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>']
     for e in range(math.floor(x0), math.ceil(x1) + 1):
-        for m in (1, 2, 5):
+        for m in mantissas:
             v = math.log10(m) + e
             if x0 - 1e-9 <= v <= x1 + 1e-9:
                 label = f"{m * 10.0 ** e:g}"
                 parts.append(f'<line x1="{px(v):.1f}" y1="{top + ph}" x2="{px(v):.1f}" y2="{top + ph + 5}" '
                              f'stroke="#333"/><text x="{px(v):.1f}" y="{top + ph + 18}" font-size="11" '
                              f'text-anchor="middle">{label}</text>')
-    for t in nice_ticks(y0, y1):
+    for t in nice_ticks(y0, y1, 7):
         parts.append(f'<line x1="{left - 5}" y1="{py(t):.1f}" x2="{left}" y2="{py(t):.1f}" stroke="#333"/>'
                      f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eee"/>'
                      f'<text x="{left - 8}" y="{py(t) + 4:.1f}" font-size="11" text-anchor="end">{t:g}</text>')
@@ -236,7 +237,9 @@ def render_html(folder: Path, rows: list[dict], max_images: int = 4, tile: int =
     e = html.escape
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>restore bench report</title>",
            f"<style>{CSS}</style></head><body><h1>restore bench report</h1>"]
-    first = next((r for r in rows if r.get("status") == "written"), {})
+    written = [r for r in rows if r.get("status") == "written"]
+    first = next((r for r in written if not r.get("baseline", r.get("solver") == "pinv")), written[0] if written
+                 else {})  # a diffusion solver's row names the prior
     prov = {k: first.get(k) for k in ("noise_sigma", "prior", "prior_sha256", "device", "threads", "lpips_variant")}
     versions = first.get("versions") or {}
     out.append("<p>Mean and 95% interval (t) over the images. PSNR/SSIM on [0, 1] (data range 1); LPIPS lower is "

@@ -134,3 +134,32 @@ def test_nice_ticks_and_detail_box(tmp_path):
     save_image(tmp_path / "d.png", img)
     t, l, h, w = detail_box(tmp_path / "d.png")
     assert t <= 25 < 35 <= t + h + 1 and l <= 5 + 1 and 15 <= l + w + 1
+
+
+def test_report_html_renders_in_headless_chromium_without_console_errors(tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium (Debian's chromium package) is not installed")
+    out = _bench_folder(tmp_path, capsys)
+    shot = tmp_path / "shot.png"
+    # a script error on the page is logged as a console message; sorting must also run without one
+    page = (out / "report.html").read_text().replace(
+        "</body>", "<script>document.querySelector('table.sortable th').click();"
+                   "console.log('RESTORE-PAGE-OK');</script></body>")
+    (out / "checked.html").write_text(page)
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--enable-logging=stderr", "--v=0", "--window-size=1200,1600",
+                           f"--screenshot={shot}", (out / "checked.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    log = done.stderr
+    assert shot.is_file() and shot.stat().st_size > 20_000, log[-2000:]
+    consoles = [line for line in log.splitlines() if "CONSOLE" in line]
+    assert any("RESTORE-PAGE-OK" in line for line in consoles), log[-2000:]  # the page ran to its end
+    assert not [line for line in consoles if "Uncaught" in line or "Error" in line], consoles
+    from PIL import Image
+
+    im = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert im.std() > 20  # not a blank page: tables, images and plots are drawn
