@@ -29,6 +29,8 @@ Conventions and deliberate differences (each also stated where it happens):
 * Operators act on [0, 1] images. With x on [-1, 1], A((x+1)/2) = y is A x = y₋₁ := 2y − A·1, so the solver works
   with y₋₁ and the [-1, 1]-scale noise σ_y = 2σ (σ on [0, 1], the measurement's, set by ``solve``); the official code
   also doubles its CLI ``--sigma_y`` (on [0, 1]). ``sigma_y`` ≥ 0 overrides the measurement's σ (0: plain DDNM).
+  On ``denoise`` at σ = 0.1 (faces64, 4 faces) DDNM+ gives 29.35 dB from the noisy 20.43; plain DDNM projects onto
+  A x = y, i.e. returns y (``tests/test_solvers_denoise.py``).
 * Rectification is done on spectral coefficients: Vᵀ A⁺(A x − y₋₁) = 1[s>0]·(Vᵀx − Uᵀy₋₁/s). Singular values
   s ≤ ``rcond``·max s count as zero (null space), like the operators' own truncated A⁺ (blur ``rcond`` = 1e-3) and the
   official ``ZERO`` thresholds (3e-2 for its 5-tap deblur, 1e-3 for ``GeneralA``); without that, 1/s of a Gaussian

@@ -1,6 +1,7 @@
 """The pseudo-inverse baseline: x̂ = A⁺y (bicubic-like upsampling for SR, zero filling for masks and MRI, filtered
 back-projection for CT, truncated-SVD deconvolution for separable blurs). Every table shows it beside the diffusion
-solvers, so that what the prior adds is visible. Uses no prior network."""
+solvers, so that what the prior adds is visible. Uses no prior network and no noise level (there is nothing to weigh
+the data against): on ``denoise`` it returns the noisy input."""
 
 from __future__ import annotations
 
