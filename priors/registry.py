@@ -11,9 +11,12 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .card import PriorCard, PriorError, sha256_file
+
+if TYPE_CHECKING:
+    from .base import DiffusionPrior
 
 # torch-heavy pieces (the ADM configurations and the loader) are imported where a prior is loaded, so that listing
 # and showing cards stays fast
@@ -111,7 +114,7 @@ def card_of(name: str) -> PriorCard:
                      f"('restore list priors' shows them).")
 
 
-def resolve(name_or_path: str, device: str = "cpu") -> "DiffusionPrior":  # noqa: F821
+def resolve(name_or_path: str, device: str = "cpu") -> "DiffusionPrior":
     """A DiffusionPrior from an embedded or public name, a checkpoint file, or a diffusers folder."""
     from .configs import ADM_CONFIGS
     from .load import load_prior_file

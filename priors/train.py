@@ -245,7 +245,7 @@ def training_warnings(images: int, steps: int, batch_size: int) -> list[str]:
 def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print,
         on_step: Callable[[int, float, float], None] | None = None) -> FitResult:
     """The ε-prediction training loop on ``data`` with the ``cfg.schedule`` VP schedule: resumes from and writes
-    checkpoints in the work dir; returns the EMA model. ``train`` runs it on an image folder, ``priors.latent`` on
+    checkpoints in the work dir; returns the EMA model. ``train`` runs it on an image folder, ``priors.latent_train`` on
     the latents of an autoencoder."""
     if cfg.schedule not in SCHEDULES:
         raise PriorError(f"unknown schedule '{cfg.schedule}'; use one of {', '.join(SCHEDULES)}.")

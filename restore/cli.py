@@ -435,7 +435,7 @@ def prior_train(
             bar.update(task, completed=step, info=f"loss {loss:.4f}  {rate:.1f} img/s")
 
         if latent:
-            from priors.latent import train_autoencoder, train_latent_prior
+            from priors.latent_train import train_autoencoder, train_latent_prior
 
             if autoencoder is None:
                 ae_task = bar.add_task(f"autoencoder for {name}", total=autoencoder_steps, info="")

@@ -12,8 +12,8 @@ import priors
 from priors import PriorError
 from priors.adm import ADMConfig, ADMUNet
 from priors.base import ldm_linear_betas, sha256_file
-from priors.latent import (AutoencoderConfig, LatentPrior, SmallAutoencoder, load_autoencoder, load_latent_prior,
-                           train_autoencoder, train_latent_prior)
+from priors.latent import AutoencoderConfig, LatentPrior, SmallAutoencoder, load_autoencoder, load_latent_prior
+from priors.latent_train import train_autoencoder, train_latent_prior
 from priors.train import ImageFolder, TrainConfig
 
 AE_CFG = dict(latent_channels=3, base_channels=8, channel_mult="1,2,2", num_res_blocks=1)
