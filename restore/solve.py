@@ -431,24 +431,30 @@ def fit_job(job: Job, card, mode: "str | None", solver_name: str) -> Job:
 def data_fit(op, x01: torch.Tensor, y: torch.Tensor, noise) -> list[dict]:
     """Per image: the data misfit ‖A x̂ − y‖/‖y‖ of the estimate (on [0, 1]) and, beside it, the misfit the noise
     alone gives, σ·√m/‖y‖ over the m measured entries (2m real numbers for complex data): an estimate far below the
-    noise level fits the noise, one far above it ignores the data."""
+    noise level fits the noise, one far above it ignores the data. The operator is applied to the whole batch (its
+    parameters may differ per image)."""
+    finite = torch.isfinite(x01.reshape(x01.shape[0], -1)).all(dim=1)
+    x = torch.where(finite.view(-1, *([1] * (x01.dim() - 1))), x01, torch.zeros_like(x01)).to(y.device)
+    try:
+        residual = op.A(x.to(op.image_dtype) if hasattr(op, "image_dtype") else x) - y
+    except Exception:  # noqa: BLE001 - an operator that cannot take the estimate: no misfit
+        return [{"misfit": None, "noise_level": None} for _ in range(y.shape[0])]
+    mask = op.noise_mask() if hasattr(op, "noise_mask") else None
+    sigma = float(getattr(noise, "std", 0.0) or 0.0)
     out = []
     for i in range(y.shape[0]):
-        yi, xi = y[i:i + 1], x01[i:i + 1].to(y.device)
-        if not torch.isfinite(xi).all():
+        if not bool(finite[i]):
             out.append({"misfit": None, "noise_level": None})
             continue
-        try:
-            residual = op.A(xi.to(op.image_dtype) if hasattr(op, "image_dtype") else xi) - yi
-        except Exception:  # noqa: BLE001 - an operator that cannot take the estimate: no misfit
-            out.append({"misfit": None, "noise_level": None})
-            continue
+        yi = y[i:i + 1]
         norm_y = float(torch.linalg.vector_norm(yi).clamp_min(1e-30))
-        mask = op.noise_mask() if hasattr(op, "noise_mask") else None
-        m = float(mask.expand_as(yi[:1].real).sum()) if mask is not None else yi.numel()
+        if mask is not None:  # one mask per image, or one for all
+            mi = mask[i:i + 1] if mask.shape[0] == y.shape[0] else mask[:1]
+            m = float(torch.broadcast_to(mi, yi.shape).sum())
+        else:
+            m = yi.numel()
         m *= 2 if yi.is_complex() else 1
-        sigma = float(getattr(noise, "std", 0.0) or 0.0)
-        out.append({"misfit": float(torch.linalg.vector_norm(residual)) / norm_y,
+        out.append({"misfit": float(torch.linalg.vector_norm(residual[i])) / norm_y,
                     "noise_level": sigma * math.sqrt(m) / norm_y})
     return out
 

@@ -163,3 +163,21 @@ def test_report_html_renders_in_headless_chromium_without_console_errors(tmp_pat
 
     im = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert im.std() > 20  # not a blank page: tables, images and plots are drawn
+
+
+def test_data_fit_per_image_with_per_image_masks():
+    import operators
+    from operators import Noise
+    from restore.solve import data_fit
+
+    op = operators.build("mask:kind=random,fraction=0.5", (3, 16, 16), seeds=[0, 1])
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = operators.measure(op, x, 0.05, [0, 1])
+    fits = data_fit(op, x, y, Noise.parse("0.05"))
+    for i in range(2):
+        r = (op.mask[i:i + 1] * x[i:i + 1]) - y[i:i + 1]
+        assert math.isclose(fits[i]["misfit"], float(r.norm() / y[i:i + 1].norm()), rel_tol=1e-5)
+        m = float(op.mask[i].expand(3, 16, 16).sum())
+        assert math.isclose(fits[i]["noise_level"], 0.05 * math.sqrt(m) / float(y[i:i + 1].norm()), rel_tol=1e-5)
+        # the true image fits the data to about the noise level
+        assert 0.7 < fits[i]["misfit"] / fits[i]["noise_level"] < 1.3

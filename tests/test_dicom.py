@@ -258,6 +258,6 @@ def test_dicom_through_degrade_and_solve(tmp_path, capsys):
 def test_dicom_through_bench(tmp_path, capsys):
     src = _dicom_folder(tmp_path)
     code, _, err = run(capsys, "bench", src, "-o", "denoise", "--solver", "pinv", "--noise", "0.01",
-                       "--out", tmp_path / "b")
+                       "--baselines", "none", "--out", tmp_path / "b")
     assert code == 0, err
     assert len(json.loads((tmp_path / "b" / "results.json").read_text())) == 2
