@@ -264,12 +264,16 @@ def list_solvers():
     """Solvers, what they need, and their presets."""
     from .solvers import SOLVERS
 
-    table = Table(title="solvers")
-    for col in ("solver", "needs", "presets", "what it is"):
+    table = Table(title="solvers (diffusion solvers first, then the classical baselines every bench table shows)")
+    for col in ("solver", "kind", "needs", "presets", "what it is"):
         table.add_column(col)
-    for name, cls in sorted(SOLVERS.items()):
-        table.add_row(name, ", ".join(sorted(cls.needs)) or "a differentiable operator",
-                      ", ".join(cls.presets) or "-", cls.description)
+    ordered = sorted(SOLVERS.items(), key=lambda item: (bool(getattr(item[1], "baseline", False))
+                                                        or item[0] == "pinv", item[0]))
+    for name, cls in ordered:
+        baseline = bool(getattr(cls, "baseline", False)) or name == "pinv"
+        needs = ", ".join(sorted(cls.needs)) or ("no prior" if baseline else "a differentiable operator")
+        table.add_row(name, "baseline" if baseline else "diffusion", needs, ", ".join(cls.presets) or "-",
+                      cls.description)
     console.print(table)
 
 
