@@ -137,6 +137,9 @@ class CT(LinearOperator):
             raise OperatorError(f"CT needs images of at least 2×2 pixels (got {h}×{w}).")
         n = self.n = h
         self.circle = spec["circle"]
+        #: the number of projections: ‖AᵀA‖ grows in proportion (each view adds ≈ the same gain, ≈ 124 at 128² with
+        #: circle=false), which solvers that weigh the data by the operator's gain need to know (RED-Diff)
+        self.views = int(spec["views"])
         self.n_sq = int(math.ceil(math.sqrt(2) * n))  # detector length of the whole square (skimage's diagonal)
         self.n_det = n if self.circle else self.n_sq
         theta = np.deg2rad(np.linspace(0.0, spec["range"], spec["views"], endpoint=False))

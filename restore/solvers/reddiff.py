@@ -23,9 +23,19 @@ operator's own scale, s = 1.
 
 Operators far from unit scale (``normalise``, default "auto"): for ‖AᵀA‖ above ``base.GAIN_LIMIT`` (CT) the data
 term is that of the normalised operator, ‖A x − y‖²/‖AᵀA‖, so λ keeps its balance against it; no official task
-reaches the limit; "off" disables it.
+reaches the limit; "off" disables it. For CT the normalised residual is summed, with a fixed balance
+``CT_BALANCE``·v/n_x, not averaged over its V·M entries: that mean fell as 1/V and made RED-Diff's error grow with
+the number of views (``_data_weight``).
 
-The measurement-noise σ_y does not enter RED-diff (the official ``sigma_y`` is unused).
+Measurement noise σ_y (audited against ``NVlabs/RED-diff`` ``algos/reddiff.py``): it does not enter RED-Diff. The
+official ``sample`` reads ``cfg.algo.sigma_y`` and never uses it; ``main.py`` only adds the noise to y; the data term
+is ``mean((y − H(x₀))²)/2`` with ``obs_weight`` v = 1 whatever the noise (the paper's 1/(2σ_v²) is folded into λ).
+This implementation does the same: ``solve`` gives the solver its σ_y (``self.noise``) and RED-Diff ignores it, so its
+output is the same whatever noise it is told (``tests/test_reddiff_noise.py``). What that costs: on ``denoise`` at
+σ = 0.1 (faces64) the fast preset ends 0.2–0.4 dB above the noisy input (its fixed point is the noise-free MAP, μ ≈ y;
+10–20 fast steps end below it), 20 steps with lr = 0.05 end 1.2–1.6 dB above it; lowering v to stand for a larger σ_y
+(0.3/0.1/0.03 at 20 steps, lr 0.5) made it worse (Adam then follows the noisy ε-term). For strong noise use a solver
+that takes σ_y (DDNM+, DAPS).
 
 Gradients are written out instead of autograd: the regulariser's gradient is λ·w·(ε̂−ε)/n_x exactly as
 ``loss_noise.backward()`` gives it, and for a linear operator the data gradient s²/(2 n_y)·Aᵀ(A((μ+1)/2) − y) is
@@ -115,9 +125,8 @@ class REDDiffSolver(Solver):
         mu = self._initialise(y, op)
         n_x = mu[0].numel()
         n_y = _measured_entries(op, y).to(mu.device).reshape(-1, *([1] * (mu.dim() - 1)))
-        obs_coef = v_obs * data_coef / n_y                     # ∇ of v·mean(|s·r|²)/2 = (v/n_y)·(½∇‖s·r‖²)
-        # CT: the normalised operator A/‖A‖ (data_term_scale), so λ keeps its balance against the data term
-        obs_coef = obs_coef * data_term_scale(op, mu.shape[0], mu.device, p["normalise"])
+        # ∇ of v·mean(|s·r|²)/2 = (v/n_y)·(½∇‖s·r‖²); normalised operators (CT): see _data_weight
+        obs_coef = _data_weight(v_obs * data_coef, op, mu.shape[0], mu.device, p["normalise"], n_x, n_y)
 
         m1, m2 = torch.zeros_like(mu), torch.zeros_like(mu)   # Adam moments
         b1, b2 = self.betas
@@ -171,6 +180,32 @@ class REDDiffSolver(Solver):
                 (g,) = torch.autograd.grad((0.5 * s * s) * r.square().sum(), xr)
             return g
         return grad_autograd, 1.0
+
+
+#: CT: the data/regulariser balance c of RED-Diff on the normalised Radon transform, the same for every number of views
+#: (see ``_data_weight``). Measured with the fast preset on held-out 128² slices (σ = 0.025): c = 8/16/32/64 gave
+#: 29.3/30.5/30.6/29.7 dB at 30 views, 30.4/32.6/34.3/35.4 at 90 and 30.4/32.7/34.7/36.4 at 180 (one slice); c ∝ V
+#: (c = V) overshoots at 180 views (29.7 dB, fitting the noise)
+CT_BALANCE = 32.0
+
+
+def _data_weight(v: float, op, batch: int, device, normalise: str, n_x: int, n_y: Tensor) -> Tensor:
+    """v·w, per image (B, 1, 1, 1), with v·w·(½∇‖s·r‖²) the data term's gradient (v = obs_weight·data_coef).
+
+    Official: w = 1/n_y, the gradient of v·mean(|s·r|²)/2 (n_x/n_y against the regulariser's mean over pixels). An
+    operator normalised by ``data_term_scale`` (κ = 1/‖AᵀA‖: any linear operator with ``normalise=on``) keeps that
+    mean of the normalised operator's residual, w = κ/n_y, so c·A restores as A does.
+
+    A CT operator (it has ``views``) is the exception: both ‖AᵀA‖ and n_y = V·M grow in proportion to the number of
+    views V, so κ/n_y fell as 1/V — 60 views weighed the data half as much as 30 did, and RED-Diff's error grew with
+    the views (held-out slices: 27.5, 25.8, 24.2 dB at 30, 60, 90 views). There w = c·κ/n_x with the fixed balance
+    c = ``CT_BALANCE``: the normalised residual summed as DPS and DAPS sum it, and a data weight that does not
+    depend on V (the data itself still tells more with more views: ÃᵀÃ has more well-conditioned directions)."""
+    kappa = data_term_scale(op, batch, device, normalise)
+    official = v / n_y * kappa  # exactly the official arithmetic where κ = 1
+    if getattr(op, "views", None):
+        return torch.where(kappa != 1, v * CT_BALANCE / n_x * kappa, official)
+    return official
 
 
 def _measured_entries(op, y: Tensor) -> Tensor:
