@@ -210,12 +210,12 @@ def test_daps_effective_tau_and_what_solve_reports():
     prior, op, _, y = smoke_problem("denoise", sigma_y=0.1)
     result = solve(get_solver("daps", **SMOKE["daps"]), y, op, prior, seeds=[0], noise=0.1)
     tau_eff = math.sqrt(1e-4 + 8 * 0.01)
-    assert result.params["tau"] == 0.01 and result.params["likelihood"] == "noise"
+    assert result.params["tau"] == 0.01 and result.params["likelihood_used"] == "noise"  # auto on denoise
     assert result.params["tau_used"] == pytest.approx(tau_eff) and result.params["lr_used"] == pytest.approx(
         1e-4 * tau_eff / 0.01)
     official = solve(get_solver("daps", likelihood="official", **SMOKE["daps"]), y, op, prior, seeds=[0], noise=0.1)
     assert (official.params["tau_used"], official.params["lr_used"]) == (0.01, 1e-4)
-    with pytest.raises(SolverError, match="likelihood must be one of noise, official"):
+    with pytest.raises(SolverError, match="likelihood must be one of auto, noise, official"):
         get_solver("daps", likelihood="exact")
 
 
@@ -654,3 +654,19 @@ def test_daps_step_count_presets_take_the_task_s_official_mcmc_settings():
     plain = get_solver("daps", annealing_steps=1, ode_steps=1)  # no preset: the defaults, whatever the task
     run_sample(plain, y, motion, prior, seeds=[0])
     assert plain.params["lr"] == 1e-4
+
+
+def test_daps_auto_likelihood_is_the_noise_one_on_denoise_and_the_official_tau_elsewhere():
+    """likelihood="auto" (the default): on the identity operator the fixed τ would return the noisy input, so the noise
+    likelihood is used; on operators with a null space the official τ (measured better there; see daps.py)."""
+    import operators
+    from restore.solvers.daps import likelihood_for
+
+    for spec, channels, expected in (("denoise", 3, "noise"), ("sr4", 3, "official"), ("inpaint-random", 3, "official"),
+                                     ("mri-4x", 1, "official"), ("deblur-gauss", 3, "official")):
+        op = operators.build(spec, (channels, 16, 16), seeds=[0])
+        assert likelihood_for(op, "auto") == expected
+        assert likelihood_for(op, "noise") == "noise" and likelihood_for(op, "official") == "official"
+    prior, op, _, y = smoke_problem("sr", sigma_y=0.05)
+    result = solve(get_solver("daps", **SMOKE["daps"]), y, op, prior, seeds=[0], noise=0.05)
+    assert result.params["likelihood_used"] == "official" and result.params["tau_used"] == 0.01

@@ -92,7 +92,8 @@ def test_daps_denoises_with_the_noise_likelihood_and_not_with_the_official_tau(p
     it returns the noisy input: the bug this fixes."""
     fast = dict(preset="daps-100", ode_steps=1)
     noise = run(problem, faces64, "daps", **fast)
-    assert noise.params["likelihood"] == "noise" and noise.params["tau_used"] == pytest.approx(0.28302, abs=1e-5)
+    assert noise.params["likelihood"] == "auto" and noise.params["likelihood_used"] == "noise"  # the default on denoise
+    assert noise.params["tau_used"] == pytest.approx(0.28302, abs=1e-5)
     assert gain(noise, problem) > 1.0
     official = run(problem, faces64, "daps", likelihood="official", **fast)
     assert official.params["tau_used"] == 0.01
