@@ -1,4 +1,5 @@
-"""Zero-shot diffusion solvers for inverse problems, and the pseudo-inverse baseline.
+"""Zero-shot diffusion solvers for inverse problems, the pseudo-inverse baseline and the classical baselines
+(``baselines``: tv, bicubic, wiener, biharmonic, nlm, bm3d, fbp, zerofill).
 
 >>> from restore.solvers import get_solver, solve
 >>> result = solve(get_solver("dps", preset="sr4"), y, op, prior, seeds=[0])
@@ -21,16 +22,15 @@ register(PinvSolver)
 
 
 def _load_optional():
-    """Import the solver modules that exist (they register themselves)."""
+    """Import every module of this package but ``base`` (each solver module's Solver subclasses register
+    themselves), so that a new solver is one new file."""
     import importlib
+    import pkgutil
 
-    for module in ("dps", "ddnm", "daps", "reddiff", "resample"):
-        try:
-            mod = importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{module}":
-                continue
-            raise
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
         for obj in vars(mod).values():
             if isinstance(obj, type) and issubclass(obj, Solver) and obj is not Solver and obj.name:
                 SOLVERS.setdefault(obj.name, obj)
