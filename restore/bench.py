@@ -110,12 +110,11 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
 
 
 def spread(files: list, limit: int) -> list:
-    """``limit`` items spread evenly over ``files`` (first and last included); all of them for limit 0."""
+    """``limit`` items at evenly spaced positions of ``files`` (item i·len//limit for i = 0 … limit−1, the selection
+    of benchmarks/solvers.py); all of them for limit 0."""
     if not limit or limit >= len(files):
         return list(files)
-    if limit == 1:
-        return [files[0]]
-    return [files[round(k * (len(files) - 1) / (limit - 1))] for k in range(limit)]
+    return [files[i * len(files) // limit] for i in range(limit)]
 
 
 def solver_of_label(label: str) -> tuple[str, str | None]:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_limit_spreads_evenly_over_the_folder():
     files = list(range(10))
     assert spread(files, 0) == files and spread(files, 20) == files
-    assert spread(files, 1) == [0] and spread(files, 2) == [0, 9] and spread(files, 4) == [0, 3, 6, 9]
+    assert spread(files, 1) == [0] and spread(files, 2) == [0, 5] and spread(files, 4) == [0, 2, 5, 7]
+    assert spread(list(range(300)), 16)[:3] == [0, 18, 37]  # the 16 test faces of docs/benchmarks.md
 
 
 def _rows(values: dict, metric="psnr", baselines=("pinv", "tv")):
@@ -62,7 +63,7 @@ def test_bench_solver_presets_provenance_and_gain_table(tmp_path, capsys):
                  "--limit", "2", "--out", str(tmp_path / "b"), "--threads", "1"])
     assert code == 0, capsys.readouterr().err
     rows = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert sorted(r["image"] for r in rows) == ["im0.png", "im2.png"]  # spread: first and last
+    assert sorted(r["image"] for r in rows) == ["im0.png", "im1.png"]  # spread: positions 0 and 3//2
     r = rows[0]
     for key in ("seed", "noise_sigma", "prior", "params", "lpips_variant", "device", "threads", "versions",
                 "misfit", "noise_level", "rel_l2"):
