@@ -133,19 +133,19 @@ def is_baseline_solver(name: str) -> bool:
 
 
 def baselines_for(spec: str, image_shape, choice: str = "auto") -> list[str]:
-    """The classical baselines that take this operator ("auto"), none, or the ones named."""
+    """The classical baselines that take this operator: all of them ("auto"), none, or those of the ones named."""
     from .solvers import SOLVERS, SolverError
 
     if choice in ("none", ""):
         return []
     names = sorted(n for n, cls in SOLVERS.items() if getattr(cls, "baseline", False))
-    if choice != "auto":
+    if choice != "auto":  # the named ones, each on the tasks it takes
         wanted = [n.strip() for n in choice.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in names]
         if unknown:
             raise RestoreError(f"--baselines: unknown baseline {', '.join(unknown)}; choose from "
                                f"{', '.join(names) or 'none'} (or auto, none).")
-        return wanted
+        names = wanted
     from .solve import _NoPrior
 
     op = operators.build(spec, tuple(image_shape), seeds=[0])
