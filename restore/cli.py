@@ -56,6 +56,9 @@ def degrade(
     for r in rows:
         table.add_row(str(r["image"]), str(r["measurement"]), "×".join(map(str, r["shape"])), r["status"])
     console.print(table)
+    for r in rows:
+        for note in r.get("notes") or []:
+            err_console.print(f"[yellow]note:[/] {escape(Path(r['image']).name)}: {escape(note)}", highlight=False)
 
 
 @app.command("solve")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import operators
@@ -65,9 +66,13 @@ def degrade_files(inputs: list[str], spec: str, noise: str, seed: int, out: Path
             this_spec = str(parsed.replace(complex=True))
         else:
             image, meta = load_image_meta(path)
-        m = degrade_one(image, this_spec, noise, s, source=str(path.resolve()))
-        m.source_meta = meta
+        with warnings.catch_warnings(record=True) as caught:  # e.g. CT content outside a circle=true operator
+            warnings.simplefilter("always")
+            m = degrade_one(image, this_spec, noise, s, source=str(path.resolve()))
+        notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        notes += [meta["note"]] if meta.get("note") else []
+        m.source_meta = dict(meta, warnings=notes) if notes else meta
         save_measurement(target, m)
         save_image(preview_path(target), preview(m.y[0]))
-        rows.append(dict(image=path, measurement=target, shape=tuple(m.y.shape[1:]), status="written"))
+        rows.append(dict(image=path, measurement=target, shape=tuple(m.y.shape[1:]), status="written", notes=notes))
     return rows

@@ -119,8 +119,8 @@ def collect_jobs(inputs: list[str], operator: str | None, noise: str | None, mas
             m = Measurement(y=y[None], spec=str(parsed), image_shape=shape, noise=Noise.parse(noise or 0), seed=s,
                             state=state, source="", source_meta=meta)
         job = Job(path, rel, m, plain=path.suffix.lower() != ".npz")
-        if (m.source_meta or {}).get("note"):
-            job.notes.append(m.source_meta["note"])
+        meta = m.source_meta or {}
+        job.notes += list(meta.get("warnings") or ([meta["note"]] if meta.get("note") else []))  # said at degrade
         ref = _reference_for(job, reference)
         if ref is not None:
             job.reference_path = str(ref)

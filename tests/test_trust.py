@@ -459,3 +459,20 @@ def test_plain_k_space_of_a_complex_object_is_detected(tmp_path, capsys):
     code, out, err = run(capsys, "solve", tmp_path / "k.npy", "--solver", "pinv", "-o", spec, "--out", tmp_path / "o")
     assert code == 0, err
     assert "magnitude" in " ".join(json.loads((tmp_path / "o" / "k.json").read_text())["warnings"])
+
+
+def test_ct_content_outside_a_circle_operator_is_said_at_degrade_and_in_the_sidecar(tmp_path, capsys):
+    img = torch.zeros(1, 32, 32)
+    img[:, :4, :] = 0.8  # a scanner table along the top edge: outside the inscribed circle
+    img[:, 10:22, 10:22] = 0.5
+    save_image(tmp_path / "slice.png", img)
+    code, out, err = run(capsys, "degrade", tmp_path / "slice.png", "-o", "ct:views=20,circle=true", "--out",
+                         tmp_path / "m")
+    assert code == 0, err
+    assert "outside" in err and "circle" in err
+    code, out, err = run(capsys, "solve", tmp_path / "m", "--solver", "pinv", "--out", tmp_path / "o")
+    assert code == 0, err
+    assert any("circle" in w for w in json.loads((tmp_path / "o" / "slice.json").read_text())["warnings"])
+    # the default (whole square) keeps the corners: nothing to say
+    code, out, err = run(capsys, "degrade", tmp_path / "slice.png", "-o", "ct:views=20", "--out", tmp_path / "m2")
+    assert code == 0 and "circle" not in err
