@@ -14,4 +14,6 @@ CASES = [
     dict(id="mri-3coil-complex-equi", spec="mri:pattern=equispaced,coils=3,complex=true", shape=(1, 32, 32),
          pinv_tol=1e-3),
     dict(id="mri-8coil-vd2d", spec="mri-4x-8coil:pattern=vd2d", shape=(1, 24, 24), pinv_tol=1e-3),
+    # magnitude images of a complex object with a phase map (complex MRI data in restore solve): one coil map
+    dict(id="mri-phase", spec="mri:accel=4,phase=true", shape=(1, 24, 32), pinv_tol=1e-3),
 ]

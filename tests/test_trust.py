@@ -476,3 +476,22 @@ def test_ct_content_outside_a_circle_operator_is_said_at_degrade_and_in_the_side
     # the default (whole square) keeps the corners: nothing to say
     code, out, err = run(capsys, "degrade", tmp_path / "slice.png", "-o", "ct:views=20", "--out", tmp_path / "m2")
     assert code == 0 and "circle" not in err
+
+
+def test_phase_operator_adjoint_and_exactness_with_a_real_phase_map():
+    """mri phase=true: y = M ⊙ F(e^{iφ}·x) for a real x; ⟨A x, y⟩ = ⟨x, Aᴴ y⟩ (real inner product), and with the true
+    phase map it reproduces the complex operator on |x|·e^{iφ} exactly."""
+    import operators
+    from operators import inner
+
+    z = torch.from_numpy(_complex_phantom(32))[None, None]
+    phase = torch.exp(1j * torch.angle(z)).to(torch.complex64)
+    cplx = operators.build("mri:accel=4,center=0.16,complex=true", (1, 32, 32), seeds=[0])
+    op = operators.build("mri:accel=4,center=0.16,phase=true", (1, 32, 32), seeds=[0],
+                         state={"mask": cplx.mask, "coil_maps": phase[:, :1]})
+    assert torch.allclose(op.A(z.abs()), cplx.A(z), atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 32, 32, generator=g)
+    v = torch.complex(torch.rand(1, 1, 32, 32, generator=g), torch.rand(1, 1, 32, 32, generator=g))
+    assert torch.allclose(inner(op.A(x), v), inner(x, op.A_adjoint(v)), rtol=1e-4)
+    assert op.A_adjoint(v).dtype == torch.float32
