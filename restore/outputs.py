@@ -77,11 +77,13 @@ def carries_sidecar(path: Path) -> bool:
         return False
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _file_id(p: Path) -> "tuple[int, int] | None":
+    """(device, inode) of an existing file: the same file under another name has the same id."""
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
+        st = os.stat(p)
     except OSError:
-        return False
+        return None
+    return st.st_dev, st.st_ino
 
 
 class OutputGuard:
@@ -90,11 +92,12 @@ class OutputGuard:
     def __init__(self, inputs: "list[Path]"):
         self.inputs = [Path(p) for p in inputs]
         self._resolved = {_resolve(p) for p in self.inputs}
+        self._ids = {i for i in map(_file_id, self.inputs) if i is not None}  # hard links, case-folding disks
 
     def check(self, path: Path, owned: bool) -> None:
         """Refuse ``path`` if it is an input of this run, or exists and is not restore's own (``owned``)."""
         path = Path(path)
-        if _resolve(path) in self._resolved or any(_same_file(path, p) for p in self.inputs if path.exists()):
+        if _resolve(path) in self._resolved or _file_id(path) in self._ids:
             raise RestoreError(f"'{path}' is an input of this run and restore never writes over its inputs; choose "
                                f"another --out (e.g. --out restored/).")
         if path.exists() and not path.is_dir() and not owned:

@@ -495,3 +495,13 @@ def test_phase_operator_adjoint_and_exactness_with_a_real_phase_map():
     v = torch.complex(torch.rand(1, 1, 32, 32, generator=g), torch.rand(1, 1, 32, 32, generator=g))
     assert torch.allclose(inner(op.A(x), v), inner(x, op.A_adjoint(v)), rtol=1e-4)
     assert op.A_adjoint(v).dtype == torch.float32
+
+
+def test_a_hard_link_to_an_input_is_an_input(tmp_path, capsys):
+    photos(tmp_path / "in", names=("a.png",))
+    (tmp_path / "out").mkdir()
+    os.link(tmp_path / "in" / "a.png", tmp_path / "out" / "a.png")  # the same file under the output's name
+    before = (tmp_path / "in" / "a.png").read_bytes()
+    code, _, err = run(capsys, *pinv(tmp_path / "in", "--out", tmp_path / "out", "--overwrite"))
+    assert code == 2 and "is an input of this run" in err
+    assert (tmp_path / "in" / "a.png").read_bytes() == before
