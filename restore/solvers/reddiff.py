@@ -27,15 +27,15 @@ reaches the limit; "off" disables it. For CT the normalised residual is summed, 
 ``CT_BALANCE``·v/n_x, not averaged over its V·M entries: that mean fell as 1/V and made RED-Diff's error grow with
 the number of views (``_data_weight``).
 
-Measurement noise σ_y (audited against ``NVlabs/RED-diff`` ``algos/reddiff.py``): it does not enter RED-Diff. The
-official ``sample`` reads ``cfg.algo.sigma_y`` and never uses it; ``main.py`` only adds the noise to y; the data term
-is ``mean((y − H(x₀))²)/2`` with ``obs_weight`` v = 1 whatever the noise (the paper's 1/(2σ_v²) is folded into λ).
-This implementation does the same: ``solve`` gives the solver its σ_y (``self.noise``) and RED-Diff ignores it, so its
-output is the same whatever noise it is told (``tests/test_reddiff_noise.py``). What that costs: on ``denoise`` at
-σ = 0.1 (faces64) the fast preset ends 0.2–0.4 dB above the noisy input (its fixed point is the noise-free MAP, μ ≈ y;
-10–20 fast steps end below it), 20 steps with lr = 0.05 end 1.2–1.6 dB above it; lowering v to stand for a larger σ_y
-(0.3/0.1/0.03 at 20 steps, lr 0.5) made it worse (Adam then follows the noisy ε-term). For strong noise use a solver
-that takes σ_y (DDNM+, DAPS).
+Measurement noise σ_y (audited against ``NVlabs/RED-diff`` ``algos/reddiff.py`` and ``main.py``): it does not enter
+RED-Diff. The official ``sample`` reads ``cfg.algo.sigma_y`` and never uses it, ``main.py`` only adds the noise to
+y, and the data term is ``mean((y − H(x₀))²)/2`` times ``obs_weight`` v = 1 whatever the noise. This implementation
+does the same: ``solve`` gives the solver its σ_y (``self.noise``) and RED-Diff ignores it, so its output is the same
+whatever noise it is told (``tests/test_reddiff_noise.py``). What that costs: on ``denoise`` at σ = 0.1 (faces64,
+4 faces) the fast preset ends 0.2–0.25 dB above the noisy input (its fixed point is the noise-free MAP, μ ≈ y; 10 or
+20 steps of it end below the input), 20 steps with lr = 0.05 end 1.2–1.5 dB above it; lowering v to stand for a
+larger σ_y (0.3/0.1/0.03 at 20 steps, lr 0.5) made it worse (Adam then follows the noisy ε-term). For strong noise
+use a solver that takes σ_y (DDNM+, DAPS).
 
 Gradients are written out instead of autograd: the regulariser's gradient is λ·w·(ε̂−ε)/n_x exactly as
 ``loss_noise.backward()`` gives it, and for a linear operator the data gradient s²/(2 n_y)·Aᵀ(A((μ+1)/2) − y) is
