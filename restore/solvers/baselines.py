@@ -38,7 +38,7 @@ FITTING = {"sr": "bicubic or tv", "blur": "wiener or tv", "mask": "biharmonic or
 
 
 def suggestion(family: str) -> str:
-    """"for blur use wiener or tv" — the end of a refusal sentence."""
+    """The end of a refusal sentence, e.g. "for blur use wiener or tv"."""
     if family in FITTING:
         return f"for {family} use {FITTING[family]}"
     return f"for {family} no baseline fits; use dps or daps, which need only a differentiable operator"
