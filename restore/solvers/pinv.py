@@ -15,6 +15,7 @@ class PinvSolver(Solver):
     defaults: dict = {}
     presets = {"default": {"description": "A⁺y"}}
     stochastic = False
+    baseline = True  # no prior; in every bench table
 
     def check(self, op, prior) -> None:
         try:
