@@ -518,8 +518,12 @@ def test_latent_daps_runs_through_the_decoder():
     assert result.failed == [None, None]
     alone = solve(solver, y[1:2], op, prior, seeds=[1])
     assert torch.allclose(alone.x[0], result.x[1], atol=1e-5)
-    # the latent path uses the measurement noise too (κ = 1: no normalisation through a decoder)
-    noisy = solve(solver, y, op, prior, seeds=[0, 1], noise=0.1)
+    # the latent path uses the measurement noise too when asked (κ = 1: no normalisation through a decoder); "auto"
+    # keeps the official τ on inpainting
+    assert solve(solver, y, op, prior, seeds=[0, 1], noise=0.1).params["tau_used"] == solver.params["tau"]
+    noise_solver = get_solver("daps", preset="latent-inpaint-box", annealing_steps=2, ode_steps=2, mcmc_steps=3,
+                              likelihood="noise")
+    noisy = solve(noise_solver, y, op, prior, seeds=[0, 1], noise=0.1)
     assert noisy.params["tau_used"] == pytest.approx(math.sqrt(solver.params["tau"] ** 2 + 8 * 0.01))
 
 
