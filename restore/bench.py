@@ -20,6 +20,7 @@ from operators import Noise
 from .degrade import degrade_one, image_seed
 from .io import RestoreError, find_images, load_image, preview, save_image, to_uint8, write_json
 from .solve import Job, run
+from .solvers.base import SolverError
 
 COLUMNS = ["image", "operator", "solver", "preset", "psnr", "ssim", "lpips", "rel_l2", "misfit", "noise_level",
            "seconds", "nfe", "status", "output"]
@@ -87,10 +88,15 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
                 import priors
 
                 the_prior = priors.resolve(prior, device=_device(device))  # once for every solver and task
-            result_rows = run(jobs, name, prior if is_baseline else the_prior, task_dir / _slug_label(label),
-                              preset=None if is_baseline else (label_preset or preset),
-                              steps=None if is_baseline else steps, batch_size=batch_size, device=device,
-                              overwrite=False, lpips_weights=lpips_weights, progress=progress)
+            try:
+                result_rows = run(jobs, name, prior if is_baseline else the_prior, task_dir / _slug_label(label),
+                                  preset=None if is_baseline else (label_preset or preset),
+                                  steps=None if is_baseline else steps, batch_size=batch_size, device=device,
+                                  overwrite=False, lpips_weights=lpips_weights, progress=progress)
+            except SolverError as exc:  # refused before any work (e.g. DDNM on a blur without an SVD): said, not fatal
+                rows += [{"image": str(job.rel), "operator": spec, "solver": label, "baseline": is_baseline,
+                          "status": "refused", "error": str(exc), "seed": job.m.seed} for job in jobs]
+                continue
             for job, r in zip(jobs, result_rows):
                 side = json.loads(Path(r["output"]).with_suffix(".json").read_text()) \
                     if r.get("status") in ("written",) or r.get("skipped") else {}
@@ -312,6 +318,10 @@ def write_report(out: Path, rows: list[dict]) -> None:
     from .io import atomic_path
     from .report import write_reports
 
+    refused = {(r["operator"], r["solver"]): r.get("error", "") for r in rows if r.get("status") == "refused"}
+    if refused:
+        lines += ["## Refused (the solver said why before any work)", ""]
+        lines += [f"- `{op.split(',')[0]}` × {solver}: {why}" for (op, solver), why in refused.items()] + [""]
     lines += ["Also here: `report.html` (image grids with zoomed details, sortable per-image table, PSNR and LPIPS "
               "against time) and `report.tex` (booktabs tables); `restore bench report DIR` redraws all three.", ""]
     with atomic_path(out / "report.md") as tmp:

@@ -182,3 +182,15 @@ def test_data_fit_per_image_with_per_image_masks():
         assert math.isclose(fits[i]["noise_level"], 0.05 * math.sqrt(m) / float(y[i:i + 1].norm()), rel_tol=1e-5)
         # the true image fits the data to about the noise level
         assert 0.7 < fits[i]["misfit"] / fits[i]["noise_level"] < 1.3
+
+
+def test_a_refused_solver_task_is_said_and_the_bench_goes_on(tmp_path, capsys):
+    folder = tmp_path / "clean"
+    save_image(folder / "im0.png", torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)))
+    code = main(["bench", str(folder), "-o", "blur:kind=motion,size=5;denoise", "--noise", "0.02", "--solver", "ddnm",
+                 "--prior", "natural", "--steps", "2", "--baselines", "none", "--out", str(tmp_path / "b")])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())
+    status = {(r["operator"].split(",")[0], r["solver"]): r["status"] for r in rows}
+    assert status[("blur:kind=motion", "ddnm")] == "refused" and status[("denoise", "ddnm")] == "written"
+    assert "Refused" in (tmp_path / "b" / "report.md").read_text()
