@@ -125,7 +125,7 @@ def spread(files: list, limit: int) -> list:
 
 def solver_of_label(label: str) -> tuple[str, str | None]:
     """'dps:fast' → ('dps', 'fast'); 'ddnm' → ('ddnm', None); an unknown solver or preset is refused."""
-    from .solvers import SOLVERS, get_solver
+    from .solvers import get_solver
 
     name, _, preset = label.partition(":")
     get_solver(name, preset=preset or None)

@@ -30,7 +30,7 @@ from .fit import Fit, fit_measurement, fit_reference, scale_warning, unfit
 from .fit import plan as plan_fit
 from .outputs import OutputGuard, is_restore_sidecar, output_names
 from .resources import check_memory, duration, expected_nfe, seconds_per_evaluation
-from .solvers import get_solver, solve
+from .solvers import SOLVERS, get_solver, solve
 from .solvers.base import task_of
 
 
@@ -211,8 +211,9 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
     parameters on top of the preset (``--param KEY=VALUE``); ``fit`` (pad, crop, resize) fits plain images to the
     prior's size (``restore.fit``). Before any work the largest batch's memory is checked against the free memory
     (``memory_check``) and, through ``notify``, a long run says its estimated time. ``shard`` (i, n) solves only
-    every n-th job from the i-th (torchrun's ranks), with outputs named and checked over all jobs. No output is written over an input, a reference, a file
-    in ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
+    every n-th job from the i-th (torchrun's ranks), with outputs named and checked over all jobs. No output is
+    written over an input, a reference, a file in ``protect`` (e.g. the mask file) or any file restore did not write
+    (see ``restore.outputs``)."""
     import priors
 
     out = Path(out)
@@ -241,10 +242,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
             rows.append(dict(input=str(job.source), output=str(target), status=SKIPPED, skipped=True))
         else:
             todo.append((job, target))
-    from .solvers import SOLVERS
-
-    no_prior = solver_name == "pinv" or getattr(SOLVERS.get(solver_name), "baseline", False)
-    if no_prior or not todo:
+    if getattr(SOLVERS.get(solver_name), "baseline", False) or not todo:  # pinv and the classical baselines
         prior = None
     else:  # a name or path, resolved here, or a prior object resolved once by the caller (bench)
         prior = priors.resolve(prior_name, device=str(dev)) if isinstance(prior_name, (str, Path)) else prior_name
@@ -295,7 +293,8 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
                     std = unfit(std, job.fit) if std is not None else None
                 metrics = _metrics(estimate, reference, lpips_weights) if reference is not None else {}
                 sidecar = dict(
-                    written_by="restore", input=str(job.source), output=str(target), reference=job.reference_path or None,
+                    written_by="restore", input=str(job.source), output=str(target),
+                    reference=job.reference_path or None,
                     input_values=job.m.source_meta or None,
                     operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
                     solver=solver_name, preset=solver.preset, params=result.params, samples=samples,
@@ -415,8 +414,8 @@ def fit_job(job: Job, card, mode: "str | None", solver_name: str) -> Job:
         return job
     shape = tuple(job.m.image_shape)
     if min(shape[1:]) < MIN_SIDE:
-        raise RestoreError(f"'{job.source}' makes a {shape[1]}×{shape[2]} image, smaller than the {MIN_SIDE}×{MIN_SIDE} "
-                           f"that prior '{card.name}' can restore; give a larger image.")
+        raise RestoreError(f"'{job.source}' makes a {shape[1]}×{shape[2]} image, smaller than the "
+                           f"{MIN_SIDE}×{MIN_SIDE} that prior '{card.name}' can restore; give a larger image.")
     fit = plan_fit(card, job.m.spec, shape, mode, plain=job.plain)
     if fit is None:
         warning = scale_warning(card, shape)
