@@ -2,8 +2,6 @@
 and `restore degrade` end with exit 0, or exit 2 and one sentence; never a traceback; and every input file is
 byte-identical afterwards (also when --out is the input folder itself)."""
 
-import io
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -62,6 +60,16 @@ flags = st.fixed_dictionaries({
 })
 
 
+def _inputs(tmp: Path, images, f) -> tuple[Path, Path, dict]:
+    """The input folder written from the drawn images, the --out to use, and the inputs' bytes before the run."""
+    folder = tmp / "in"
+    folder.mkdir()
+    for k, (fmt, mode, h, w, seed) in enumerate(images):
+        _write(folder, "same" if f["same_stem"] else f"img{k}", fmt, mode, h, w, seed)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    return folder, folder if f["out_is_input"] else tmp / "out", before
+
+
 def _check(code: int, err: str, out: str) -> None:
     assert "Traceback" not in err + out
     assert code in (0, 2), (code, err)
@@ -76,14 +84,9 @@ def _check(code: int, err: str, out: str) -> None:
 @given(images=inputs, f=flags)
 def test_solve_never_tracebacks_and_never_touches_inputs(images, f, capsys):
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "in"
-        folder.mkdir()
-        for k, (fmt, mode, h, w, seed) in enumerate(images):
-            _write(folder, "same" if f["same_stem"] else f"img{k}", fmt, mode, h, w, seed)
-        if not any(folder.iterdir()):
+        folder, out, before = _inputs(Path(tmp), images, f)
+        if not before:
             return
-        before = {p.name: p.read_bytes() for p in folder.iterdir()}
-        out = folder if f["out_is_input"] else Path(tmp) / "out"
         argv = ["solve", str(folder), "--solver", "pinv", "-o", f["operator"], "--noise", f["noise"],
                 "--batch-size", f["batch"], "--samples", f["samples"], "--out", str(out)]
         if f["fit"]:
@@ -99,14 +102,9 @@ def test_solve_never_tracebacks_and_never_touches_inputs(images, f, capsys):
 @given(images=inputs, f=flags)
 def test_degrade_never_tracebacks_and_never_touches_inputs(images, f, capsys):
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "in"
-        folder.mkdir()
-        for k, (fmt, mode, h, w, seed) in enumerate(images):
-            _write(folder, "same" if f["same_stem"] else f"img{k}", fmt, mode, h, w, seed)
-        if not any(folder.iterdir()):
+        folder, out, before = _inputs(Path(tmp), images, f)
+        if not before:
             return
-        before = {p.name: p.read_bytes() for p in folder.iterdir()}
-        out = folder if f["out_is_input"] else Path(tmp) / "out"
         code = main(["degrade", str(folder), "-o", f["operator"], "--noise", f["noise"], "--out", str(out)])
         captured = capsys.readouterr()
         _check(code, captured.err, captured.out)
