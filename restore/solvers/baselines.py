@@ -65,6 +65,17 @@ class Baseline(Solver):
         """σ_y on [0, 1] as ``solve()`` set it (0 when called directly)."""
         return float(getattr(self, "noise", 0.0) or 0.0)
 
+    def denoise_each(self, y: Tensor, denoise, progress=None) -> Tensor:
+        """``denoise(img, σ)`` on each (C, H, W) image with σ = σ_y, or σ estimated from the image when σ_y is 0
+        (an image whose σ is still 0 is returned as it is); the σ used are reported as ``sigma_used``."""
+        out, used = [], []
+        for img in numpy_images(y):
+            sigma = self.sigma or estimated_sigma(img)
+            used.append(round(sigma, 6))
+            out.append(img if sigma <= 0 else denoise(img, sigma))
+        self.reported = {"sigma_used": used}
+        return self.finish(torch.from_numpy(np.stack(out)), y, progress)
+
     def finish(self, x01: Tensor, like: Tensor, progress=None) -> Tensor:
         """The [0, 1] estimate, clamped and returned on [-1, 1] as float32 on the measurement's device."""
         if progress:
@@ -206,20 +217,12 @@ class NLMSolver(Baseline):
     def sample(self, y, op, prior, gens, progress=None):
         from skimage.restoration import denoise_nl_means
 
-        out, used = [], []
-        for img in numpy_images(y):
-            sigma = self.sigma or estimated_sigma(img)
-            used.append(round(sigma, 6))
-            if sigma <= 0:
-                out.append(img)
-                continue
-            den = denoise_nl_means(hwc(img), patch_size=int(self.params["patch_size"]),
-                                   patch_distance=int(self.params["patch_distance"]),
-                                   h=self.params["h_factor"] * sigma, fast_mode=True, sigma=sigma,
-                                   channel_axis=None if img.shape[0] == 1 else -1)
-            out.append(chw(den, img.shape[0]))
-        self.reported = {"sigma_used": used}
-        return self.finish(torch.from_numpy(np.stack(out)), y, progress)
+        def denoise(img, sigma):
+            return chw(denoise_nl_means(hwc(img), patch_size=int(self.params["patch_size"]),
+                                        patch_distance=int(self.params["patch_distance"]),
+                                        h=self.params["h_factor"] * sigma, fast_mode=True, sigma=sigma,
+                                        channel_axis=None if img.shape[0] == 1 else -1), img.shape[0])
+        return self.denoise_each(y, denoise, progress)
 
 
 class BM3DSolver(Baseline):
@@ -245,18 +248,11 @@ class BM3DSolver(Baseline):
     def sample(self, y, op, prior, gens, progress=None):
         import bm3d
 
-        out, used = [], []
-        for img in numpy_images(y):
-            sigma = self.sigma or estimated_sigma(img)
-            used.append(round(sigma, 6))
-            if sigma <= 0:
-                out.append(img)
-            elif img.shape[0] == 3:
-                out.append(chw(bm3d.bm3d_rgb(hwc(img), sigma), 3))
-            else:
-                out.append(np.stack([bm3d.bm3d(ch, sigma) for ch in img]))
-        self.reported = {"sigma_used": used}
-        return self.finish(torch.from_numpy(np.stack(out)), y, progress)
+        def denoise(img, sigma):
+            if img.shape[0] == 3:
+                return chw(bm3d.bm3d_rgb(hwc(img), sigma), 3)
+            return np.stack([bm3d.bm3d(ch, sigma) for ch in img])
+        return self.denoise_each(y, denoise, progress)
 
 
 #: (upper bound of the level e, filter): the FBP filter for e (see ``fbp_filter``)
