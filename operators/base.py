@@ -221,7 +221,8 @@ def autograd_adjoint(A, x0: Tensor, y: Tensor) -> Tensor:
 
 
 def conjugate_gradient(apply, b: Tensor, iterations: int, tolerance: float) -> Tensor:
-    """Solve apply(x) = b (apply Hermitian positive semi-definite) per image, starting at x = 0."""
+    """Solve apply(x) = b (apply Hermitian positive semi-definite) per image, starting at x = 0. An image stops
+    changing once its own residual is below ``tolerance``·‖b‖, so its result does not depend on the batch."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
@@ -229,11 +230,12 @@ def conjugate_gradient(apply, b: Tensor, iterations: int, tolerance: float) -> T
     b_norm = inner(b, b).clamp_min(1e-30)
     shape = (-1,) + (1,) * (b.dim() - 1)
     for _ in range(iterations):
-        if bool((rs <= tolerance**2 * b_norm).all()):
+        active = rs > tolerance**2 * b_norm
+        if not bool(active.any()):
             break
         Ap = apply(p)
         denom = inner(p, Ap)
-        alpha = torch.where(denom > 0, rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
+        alpha = torch.where(active & (denom > 0), rs / denom.clamp_min(1e-30), torch.zeros_like(rs))
         x = x + alpha.reshape(shape) * p
         r = r - alpha.reshape(shape) * Ap
         rs_new = inner(r, r)

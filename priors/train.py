@@ -53,6 +53,8 @@ class TrainConfig:
     value_map: str = ""                  # optional "hu:LO,HI" for 16-bit CT stored as HU+1024
     load_size: int = 0                   # resize every image to load_size × load_size when loading (0 = keep)
     schedule: str = "linear"             # key of priors.base.SCHEDULES (latent priors: "ldm-linear")
+    lr_schedule: str = "constant"        # constant | cosine (to 0 at `steps`, after the warm-up)
+    init: str = ""                       # start from this prior's weights (name or file): fine-tuning
 
     def adm_config(self) -> ADMConfig:
         args = ARCHITECTURES[self.arch] if self.arch in ARCHITECTURES else json.loads(self.arch)
@@ -209,6 +211,7 @@ class FitResult:
     step: int
     seconds: float               # training time over all resumed chunks
     device: torch.device
+    init_info: dict = dataclasses.field(default_factory=dict)  # what --init started from, if anything
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print,
@@ -223,7 +226,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     (h, w), = shapes if len(shapes) == 1 else [(0, 1)]
     native = h if h == w else None  # all images one square size
     return export(cfg, fitted.ema, fitted.adm, fitted.step, fitted.seconds, fitted.device, len(data),
-                  native_size=native)
+                  native_size=native, init_info=fitted.init_info)
 
 
 #: below these a prior learns little: the embedded ones saw 80–22,407 images for 1,400–8,000 steps of batch 16
@@ -242,6 +245,40 @@ def training_warnings(images: int, steps: int, batch_size: int) -> list[str]:
     return out
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimisation step ``step`` (0-based): linear warm-up, then constant or a cosine decay
+    that reaches 0 at ``cfg.steps``."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.lr_schedule == "cosine":
+        lr *= 0.5 * (1 + np.cos(np.pi * min(step, cfg.steps) / max(1, cfg.steps)))
+    return float(lr)
+
+
+def initial_weights(cfg: TrainConfig, adm: ADMConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state dict of the prior named by ``cfg.init`` (a name ``restore list priors`` shows, or a file), checked to
+    have ``adm``'s architecture, and what its card says about its own training."""
+    from .adm import ADMUNet as _ADM
+    from .registry import resolve
+
+    prior = resolve(cfg.init)
+    net = getattr(prior, "net", None)
+    if not isinstance(net, _ADM) or prior.card.latent:
+        raise PriorError(f"--init '{cfg.init}' is not a pixel-space ADM prior; fine-tuning starts from one such as "
+                         f"faces64.")
+    theirs, ours = dict(net.cfg.to_dict(), image_size=adm.image_size), adm.to_dict()
+    if theirs != ours:
+        diff = sorted(k for k in ours if theirs.get(k) != ours[k])
+        raise PriorError(f"--init '{cfg.init}' has another architecture than --arch {cfg.arch} (differs in "
+                         f"{', '.join(diff)}); pass the --arch and --channels it was trained with.")
+    state = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
+    extra = prior.card.extra or {}
+    return state, dict(init=cfg.init, init_steps=extra.get("steps"), init_batch_size=extra.get("batch_size"),
+                       init_train_seconds=extra.get("train_seconds"))
+
+
 def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print,
         on_step: Callable[[int, float, float], None] | None = None) -> FitResult:
     """The ε-prediction training loop on ``data`` with the ``cfg.schedule`` VP schedule: resumes from and writes
@@ -249,6 +286,8 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
     the latents of an autoencoder."""
     if cfg.schedule not in SCHEDULES:
         raise PriorError(f"unknown schedule '{cfg.schedule}'; use one of {', '.join(SCHEDULES)}.")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise PriorError(f"unknown learning-rate schedule '{cfg.lr_schedule}'; use one of {', '.join(LR_SCHEDULES)}.")
     device = pick_device(cfg.device)
     work = Path(cfg.work_dir or Path.home() / ".cache" / "restore" / "train" / cfg.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -261,7 +300,12 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
-    step, seconds_before = 0, 0.0
+    step, seconds_before, init_info = 0, 0.0, {}
+    if cfg.init and not ckpt_path.exists():
+        state, init_info = initial_weights(cfg, adm)
+        model.load_state_dict(state)
+        ema.load_state_dict(state)
+        log(f"starting from the weights of {cfg.init}")
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         if state["adm"] != adm.to_dict():
@@ -272,6 +316,7 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
         opt.load_state_dict(state["opt"])
         g.set_state(state["rng"])
         step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
+        init_info = state.get("init_info", {})
         log(f"resumed {cfg.name} at step {step} from {ckpt_path}")
     log(f"{len(data)} images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {device}")
 
@@ -288,7 +333,7 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
         a = ab[t].reshape(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            group["lr"] = learning_rate(cfg, step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = model(x_t, t.float())
         loss = F.mse_loss(pred.float(), eps)
@@ -307,13 +352,14 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
             on_step(step, float(loss.detach()), seen / max(elapsed, 1e-9))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _atomic_save(dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=g.get_state(),
-                              step=step, adm=adm.to_dict(), seconds=seconds_before + elapsed), ckpt_path)
+                              step=step, adm=adm.to_dict(), seconds=seconds_before + elapsed, init_info=init_info),
+                         ckpt_path)
     total_seconds = seconds_before + (time.perf_counter() - t0)
-    return FitResult(ema=ema, adm=adm, step=step, seconds=total_seconds, device=device)
+    return FitResult(ema=ema, adm=adm, step=step, seconds=total_seconds, device=device, init_info=init_info)
 
 
 def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, seconds: float, device: torch.device,
-           n_images: int, native_size: int | None = None) -> tuple[Path, Path]:
+           n_images: int, native_size: int | None = None, init_info: dict | None = None) -> tuple[Path, Path]:
     """Write the EMA weights (fp16 unless told otherwise) and the model card. ``native_size``: the side of the
     (square, same-size) images the crops were cut from, the scale a convolutional crop-trained prior is meant for."""
     out = Path(cfg.out)
@@ -330,7 +376,8 @@ def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, se
         domain=cfg.domain, schedule=cfg.schedule,
         timesteps=1000, parameterisation="eps", learned_variance=False, training_data=cfg.training_data,
         licence=cfg.licence, sha256=sha256_file(weights), architecture={"kind": "adm", **adm.to_dict()},
-        extra=dict(steps=step, batch_size=cfg.batch_size, lr=cfg.lr, ema=cfg.ema, crop=cfg.crop,
+        extra=dict(steps=step, batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, ema=cfg.ema,
+                   crop=cfg.crop, **(init_info or {}),
                    images=n_images, load_size=cfg.load_size, train_size=cfg.size, any_size=any_size,
                    weights_dtype=str(dtype).replace("torch.", ""), value_map=cfg.value_map,
                    hardware=_hardware(device), train_seconds=round(seconds, 1),

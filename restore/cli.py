@@ -386,6 +386,9 @@ def prior_train(
     steps: int = typer.Option(10000, "--steps", help="total optimisation steps (resumes where it stopped)"),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(2e-4, "--lr"),
+    lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant, or cosine (decays to 0 at --steps)"),
+    init: str = typer.Option("", "--init", help="fine-tune: start from this prior's weights (a name or a file with "
+                             "the same --arch and --channels)"),
     ema: float = typer.Option(0.999, "--ema", help="EMA decay of the shipped weights"),
     checkpoint_every: int = typer.Option(250, "--checkpoint-every", help="steps between resumable checkpoints"),
     work_dir: str = typer.Option("", "--work-dir", help="checkpoint folder (default ~/.cache/restore/train/NAME)"),
@@ -417,6 +420,8 @@ def prior_train(
                          f"{lr:g}, ema {ema:g}.")
     if crop not in ("resize", "random"):
         raise PriorError(f"--crop must be resize or random, got '{crop}'.")
+    if lr_schedule not in ("constant", "cosine"):
+        raise PriorError(f"--lr-schedule must be constant or cosine, got '{lr_schedule}'.")
     if arch not in ARCHITECTURES and not arch.strip().startswith("{"):
         raise PriorError(f"unknown --arch '{arch}'; use one of {', '.join(ARCHITECTURES)} or a JSON dict.")
     if not data.is_dir():
@@ -433,7 +438,7 @@ def prior_train(
                       steps=steps, batch_size=batch_size, lr=lr, ema=ema, checkpoint_every=checkpoint_every,
                       work_dir=work_dir, device=device, max_images=max_images, domain=domain,
                       training_data=training_data, licence=licence, value_map=value_map, seed=seed,
-                      load_size=load_size)
+                      load_size=load_size, lr_schedule=lr_schedule, init=init)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   "{task.fields[info]}", TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task(f"training {name}", total=steps, info="")

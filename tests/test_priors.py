@@ -199,6 +199,35 @@ def test_prior_cli_train_show_verify(tmp_path, capsys):
     assert code == 0 and '"image_size": 16' in shown
 
 
+def test_fine_tuning_starts_from_the_given_prior_and_records_it(tmp_path, capsys):
+    """--init loads the prior's weights into the model and the EMA before step 1 (0 steps of change at lr → 0 keeps
+    them), the card records what it started from; another architecture is refused in one sentence."""
+    from priors.train import learning_rate
+
+    _tiny_dataset(tmp_path / "data")
+    base = TrainConfig(data=str(tmp_path / "data"), name="base", out=str(tmp_path / "out"), size=16, arch="tiny",
+                       steps=2, batch_size=2, work_dir=str(tmp_path / "w1"), device="cpu", fp16_weights=False)
+    weights, _ = train(base, log=lambda m: None)
+    tuned = TrainConfig(**dict(base.__dict__, name="tuned", work_dir=str(tmp_path / "w2"), init=str(weights),
+                               lr=1e-12, steps=1))
+    out, card_path = train(tuned, log=lambda m: None)
+    first, second = priors.resolve(str(weights)), priors.resolve(str(out))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])
+    assert torch.allclose(first.net(x, t), second.net(x, t), atol=1e-6)   # lr 1e-12: the weights it started from
+    extra = json.loads(card_path.read_text())["extra"]
+    assert extra["init"] == str(weights) and extra["init_steps"] == 2 and extra["steps"] == 1
+    code = main(["prior", "train", str(tmp_path / "data"), "--name", "x", "--out", str(tmp_path / "o3"), "--size",
+                 "16", "--arch", "cpu64", "--steps", "1", "--init", str(weights), "--work-dir", str(tmp_path / "w3")])
+    err = capsys.readouterr().err
+    assert code == 2 and "another architecture" in err and "--arch" in err
+    # the cosine schedule: warm-up, then from lr down to 0 at the last step
+    cos = TrainConfig(data="", name="c", out="", lr=1.0, warmup=10, steps=110, lr_schedule="cosine")
+    assert learning_rate(cos, 0) == pytest.approx(0.1 * (0.5 * (1 + torch.cos(torch.tensor(0.0)).item())))
+    assert learning_rate(cos, 55) == pytest.approx(0.5 * (1 + float(torch.cos(torch.tensor(torch.pi * 0.5)))))
+    assert learning_rate(cos, 110) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(TrainConfig(data="", name="c", out="", lr=1.0, warmup=10), 50) == 1.0
+
+
 def test_training_warnings_for_few_images_and_short_runs():
     from priors.train import training_warnings
 
