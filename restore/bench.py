@@ -1,7 +1,8 @@
 """``restore bench``: clean images → measurements (fixed seeds) → every solver (always with the ``pinv`` baseline) →
 results.csv / results.json (one row per image × operator × solver), report.md (mean ± std, best per column in bold),
-an image grid per operator and a PSNR-vs-seconds plot. ``--shard i/n`` runs every n-th image for several machines;
-``restore bench merge`` joins the parts and writes the report for all of them.
+an image grid per operator and a PSNR-vs-seconds plot. ``--samples 1,4`` runs every stochastic solver once per K
+(rows ``ddnm`` and ``ddnm (mean of 4)``; deterministic ones once). ``--shard i/n`` runs every n-th image for several
+machines; ``restore bench merge`` joins the parts and writes the report for all of them.
 """
 
 from __future__ import annotations
@@ -12,21 +13,21 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import operators
 from operators import Noise
 
 from .degrade import degrade_one, image_seed
 from .io import RestoreError, find_images, load_image, preview, save_image, to_uint8, write_json
-from .solve import Job, run
-from .solvers.base import SolverError
+from .solve import Job, check_counts, run
+from .solvers.base import SolverError, check_estimate
 
 COLUMNS = ["image", "operator", "solver", "preset", "psnr", "ssim", "lpips", "rel_l2", "misfit", "noise_level",
            "seconds", "nfe", "status", "output"]
 #: provenance columns after the metrics (results.csv holds dicts as JSON)
-PROVENANCE = ["baseline", "seed", "noise_sigma", "prior", "prior_sha256", "params", "lpips_variant", "device",
-              "threads", "versions"]
+PROVENANCE = ["baseline", "samples", "estimate", "seed", "noise_sigma", "prior", "prior_sha256", "params",
+              "lpips_variant", "device", "threads", "versions"]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -41,20 +42,47 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
+def parse_samples(text: str) -> list[int]:
+    """``--samples``: '4' → [4]; '1,4' → [1, 4] (each K a row of the table; repeats dropped)."""
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RestoreError(f"--samples takes a number or a comma-separated list such as 1,4, got '{text}'.") from None
+    if not counts:
+        raise RestoreError("--samples takes a number or a comma-separated list such as 1,4, got nothing.")
+    for k in counts:
+        check_counts(samples=k)
+    return list(dict.fromkeys(counts))
+
+
+def sample_label(label: str, samples: int, estimate: str) -> str:
+    """The table label of a K-sample run: 'ddnm' for K = 1 (one sample, whatever the estimate), 'ddnm (mean of 4)'
+    for K = 4."""
+    return label if samples == 1 else f"{label} ({estimate} of {samples})"
+
+
 def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, out: Path, noise: str = "0",
           limit: int = 0, preset: str | None = None, steps: int | None = None, seed: int = 0,
           shard: str | None = None, batch_size: int = 1, device: str = "auto", lpips_weights: str | None = None,
           progress: Callable[[str, int, int], None] | None = None, baselines: str = "auto",
-          threads: int = 0) -> list[dict]:
+          threads: int = 0, samples: Sequence[int] = (1,), estimate: str = "mean") -> list[dict]:
     """Every solver label (``name`` or ``name:preset``) and the classical baselines on every operator, beside pinv.
 
     ``baselines``: "auto" (every baseline that takes the task), "none", or a comma-separated list. ``limit`` takes
-    that many images spread evenly over the sorted folder (not its first files)."""
+    that many images spread evenly over the sorted folder (not its first files). ``samples``: each stochastic solver
+    runs once per K in it, K > 1 giving the ``estimate`` of K samples under its own label (``sample_label``);
+    deterministic solvers (pinv, the baselines) run once."""
     import torch
+
+    from .solvers import SOLVERS
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RestoreError(f"the output '{out}' is a file; give a folder for --out.")
+    samples = list(dict.fromkeys([samples] if isinstance(samples, int) else samples))
+    for k in samples:
+        check_counts(samples=k)
+    check_estimate(estimate)
     specs = [str(operators.parse(s)) for s in specs]
     labels = ["pinv"] + [s for s in dict.fromkeys(solvers) if s != "pinv"]
     for label in labels:
@@ -88,27 +116,36 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
                 import priors
 
                 the_prior = priors.resolve(prior, device=_device(device))  # once for every solver and task
-            try:
-                result_rows = run(jobs, name, prior if is_baseline else the_prior, task_dir / _slug_label(label),
-                                  preset=None if is_baseline else (label_preset or preset),
-                                  steps=None if is_baseline else steps, batch_size=batch_size, device=device,
-                                  overwrite=False, lpips_weights=lpips_weights, progress=progress)
-            except SolverError as exc:  # refused before any work (e.g. DDNM on a blur without an SVD): said, not fatal
-                rows += [{"image": str(job.rel), "operator": spec, "solver": label, "baseline": is_baseline,
-                          "status": "refused", "error": str(exc), "seed": job.m.seed} for job in jobs]
-                continue
-            for job, r in zip(jobs, result_rows):
-                side = json.loads(Path(r["output"]).with_suffix(".json").read_text()) \
-                    if r.get("status") in ("written",) or r.get("skipped") else {}
-                if r.get("skipped"):  # resumed: read the finished result back
-                    r = dict(r, status="written", preset=side["preset"], seconds=side["cost"]["seconds_per_image"],
-                             nfe=side["cost"]["nfe"], **(side.get("data_fit") or {}), **side["metrics"])
-                row = {k: r.get(k) for k in COLUMNS} | {"image": str(job.rel), "operator": spec, "solver": label,
-                                                        "baseline": is_baseline, "seed": job.m.seed}
-                if side:
-                    row.update(prior=side["prior"].get("name"), prior_sha256=side["prior"].get("sha256"),
-                               params=side.get("params"), device=side.get("device"))
-                rows.append(row | common)
+            # a deterministic solver (pinv, the baselines) gives K identical samples: it runs once, whatever the K's
+            for k in (samples if SOLVERS[name].stochastic else [1]):
+                shown = sample_label(label, k, estimate)
+                folder = _slug_label(label) + ("" if k == 1 else f"-{estimate}{k}")
+                try:
+                    result_rows = run(jobs, name, prior if is_baseline else the_prior, task_dir / folder,
+                                      preset=None if is_baseline else (label_preset or preset),
+                                      steps=None if is_baseline else steps, samples=k, estimate=estimate,
+                                      batch_size=batch_size, device=device, overwrite=False,
+                                      lpips_weights=lpips_weights, progress=progress)
+                except SolverError as exc:  # refused before any work (e.g. DDNM on a blur without an SVD): said
+                    rows += [{"image": str(job.rel), "operator": spec, "solver": shown, "baseline": is_baseline,
+                              "samples": k, "estimate": estimate, "status": "refused", "error": str(exc),
+                              "seed": job.m.seed} for job in jobs]
+                    continue
+                for job, r in zip(jobs, result_rows):
+                    side = json.loads(Path(r["output"]).with_suffix(".json").read_text()) \
+                        if r.get("status") in ("written",) or r.get("skipped") else {}
+                    if r.get("skipped"):  # resumed: read the finished result back
+                        r = dict(r, status="written", preset=side["preset"],
+                                 seconds=side["cost"]["seconds_per_image"], nfe=side["cost"]["nfe"],
+                                 **(side.get("data_fit") or {}), **side["metrics"])
+                    row = {c: r.get(c) for c in COLUMNS} | {"image": str(job.rel), "operator": spec, "solver": shown,
+                                                            "baseline": is_baseline, "seed": job.m.seed,
+                                                            "samples": side.get("samples", k),
+                                                            "estimate": side.get("estimate", estimate)}
+                    if side:
+                        row.update(prior=side["prior"].get("name"), prior_sha256=side["prior"].get("sha256"),
+                                   params=side.get("params"), device=side.get("device"))
+                    rows.append(row | common)
     write_results(shard_dir, rows)
     if n == 1:
         write_report(out, rows)

@@ -74,7 +74,10 @@ def solve_command(
     steps: Optional[int] = typer.Option(None, "--steps", help="override the preset's number of steps"),
     param: Optional[List[str]] = typer.Option(None, "--param", help="KEY=VALUE: set one solver parameter on top "
                                               "of the preset (repeatable; 'restore list solvers' names them)"),
-    samples: int = typer.Option(1, "--samples", "-k", help="posterior samples per image: mean + std map"),
+    samples: int = typer.Option(1, "--samples", "-k", help="posterior samples per image: their estimate + std map"),
+    estimate: str = typer.Option("mean", "--estimate", help="how K samples become the image: mean (the posterior "
+                                 "mean, about half a single sample's squared error), median (per pixel), or sample "
+                                 "(the first: the K = 1 image)"),
     seed: int = typer.Option(0, "--seed", help="base seed of plain-image inputs"),
     batch_size: int = typer.Option(1, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
@@ -105,9 +108,9 @@ def solve_command(
         def progress(label, i, n):
             bar.update(task, description=f"{solver} · {label}", completed=i, total=n)
 
-        rows = run(jobs, solver, prior, out, preset=preset, steps=steps, samples=samples, batch_size=batch_size,
-                   device=device, overwrite=overwrite, lpips_weights=lpips_weights, progress=progress, params=params,
-                   protect=[mask] if mask else [], fit=fit, memory_check=memory_check,
+        rows = run(jobs, solver, prior, out, preset=preset, steps=steps, samples=samples, estimate=estimate,
+                   batch_size=batch_size, device=device, overwrite=overwrite, lpips_weights=lpips_weights,
+                   progress=progress, params=params, protect=[mask] if mask else [], fit=fit, memory_check=memory_check,
                    notify=lambda text: bar.console.print(f"[bold]{escape(text)}[/]", highlight=False),
                    shard=(w.rank, w.size))
     parts = gather(rows)  # rank 0: every rank's rows, in rank order
@@ -181,6 +184,11 @@ def bench_command(
     limit: int = typer.Option(0, "--limit", help="use N images spread evenly over the sorted inputs (0 = all)"),
     preset: Optional[str] = typer.Option(None, "--preset", help="solver preset (default: the one for each task)"),
     steps: Optional[int] = typer.Option(None, "--steps"),
+    samples: str = typer.Option("1", "--samples", "-k", help="posterior samples per image, or a comma-separated "
+                                "list: '1,4' shows each stochastic solver twice, as NAME (one sample) and 'NAME "
+                                "(mean of 4)'; deterministic solvers (pinv, baselines) run once"),
+    estimate: str = typer.Option("mean", "--estimate", help="how K > 1 samples become the image: mean, median or "
+                                 "sample (the first)"),
     seed: int = typer.Option(0, "--seed"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: run every n-th image starting at i"),
     batch_size: int = typer.Option(1, "--batch-size", "-b"),
@@ -216,10 +224,13 @@ def bench_command(
     solvers = [s.strip() for s in solver.split(",") if s.strip()]
     if limit < 0:
         raise RestoreError(f"--limit must be 0 (all images) or more, got {limit}.")
-    from .bench import solver_of_label
+    from .bench import parse_samples, solver_of_label
+    from .solvers.base import check_estimate
 
     for label in solvers:
         solver_of_label(label)
+    counts = parse_samples(samples)
+    check_estimate(estimate)
     from .distributed import barrier, finish, setup
 
     w, device = setup(device, threads)
@@ -232,7 +243,7 @@ def bench_command(
         rows = bench(images, specs, solvers, prior, out, noise=noise, limit=limit, preset=preset, steps=steps,
                      seed=seed, shard=shard, batch_size=batch_size, device=device, lpips_weights=lpips_weights,
                      progress=lambda label, i, n: bar.update(task, description=label, completed=i, total=n),
-                     baselines=baselines, threads=threads)
+                     baselines=baselines, threads=threads, samples=counts, estimate=estimate)
     if w.active:
         barrier()
         finish()

@@ -31,7 +31,7 @@ from .fit import plan as plan_fit
 from .outputs import OutputGuard, is_restore_sidecar, output_names
 from .resources import check_memory, duration, expected_nfe, seconds_per_evaluation
 from .solvers import SOLVERS, get_solver, solve
-from .solvers.base import task_of
+from .solvers.base import check_estimate, task_of
 
 
 @dataclasses.dataclass
@@ -202,7 +202,7 @@ def versions() -> dict:
 
 def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path, preset: str | None = None,
         steps: int | None = None, samples: int = 1, batch_size: int = 1, device: str = "auto",
-        overwrite: bool = False, lpips_weights: str | None = None,
+        estimate: str = "mean", overwrite: bool = False, lpips_weights: str | None = None,
         progress: Callable[[str, int, int], None] | None = None, out_format: str = "png",
         params: dict | None = None, protect: "list[str | Path]" = (), fit: str | None = None,
         memory_check: bool = True, notify: Callable[[str], None] | None = None,
@@ -210,10 +210,11 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
     """Solve every job; returns one row per image (status, output, metrics, cost). ``params`` override single solver
     parameters on top of the preset (``--param KEY=VALUE``); ``fit`` (pad, crop, resize) fits plain images to the
     prior's size (``restore.fit``). Before any work the largest batch's memory is checked against the free memory
-    (``memory_check``) and, through ``notify``, a long run says its estimated time. ``shard`` (i, n) solves only
-    every n-th job from the i-th (torchrun's ranks), with outputs named and checked over all jobs. No output is
-    written over an input, a reference, a file in ``protect`` (e.g. the mask file) or any file restore did not write
-    (see ``restore.outputs``)."""
+    (``memory_check``) and, through ``notify``, a long run says its estimated time. ``samples`` K > 1 draws K posterior
+    samples per image and writes their ``estimate`` (mean, median or sample) and a std map; a deterministic solver
+    says so (``notify``) and runs once. ``shard`` (i, n) solves only every n-th job from the i-th (torchrun's ranks),
+    with outputs named and checked over all jobs. No output is written over an input, a reference, a file in
+    ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
     import priors
 
     out = Path(out)
@@ -224,7 +225,13 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RestoreError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
     check_counts(batch_size=batch_size, samples=samples, steps=steps)
+    check_estimate(estimate)
     get_solver(solver_name, **(params or {}))  # an unknown solver or parameter is refused before any prior is loaded
+    if samples > 1 and not SOLVERS[solver_name].stochastic:
+        if notify is not None:
+            notify(f"solver '{solver_name}' is deterministic: its {samples} samples would be identical, so it runs "
+                   f"once.")
+        samples = 1
     rows: list[dict] = []
     todo = []
     # every target is checked before any work: never an input of this run, never a file restore did not write
@@ -270,7 +277,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
                                  state=_stack_states(cls, [j.m.state for j, _ in chunk]))
             solver = _make_solver(solver_name, preset, steps, op, the_prior, params)
             label = ", ".join(str(j.rel) for j, _ in chunk)
-            result = solve(solver, y, op, the_prior, seeds, noise=noise_model, samples=samples,
+            result = solve(solver, y, op, the_prior, seeds, noise=noise_model, samples=samples, estimate=estimate,
                            progress=(lambda i, n, label=label: progress(label, i, n)) if progress else None)
             per_image_seconds = result.cost.seconds / len(chunk)
             fits = data_fit(op, result.x, y, noise_model)
@@ -282,22 +289,23 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
                     row.update(status="failed", error=result.failed[i])
                     rows.append(row)
                     continue
-                estimate = result.x[i].cpu()
+                restored = result.x[i].cpu()
                 std = result.std[i].cpu() if result.std is not None else None
                 reference = job.reference
-                if estimate.shape[0] != shape[0]:  # solved with the prior's channels: back to the input's
-                    estimate = estimate.mean(0, keepdim=True)
+                if restored.shape[0] != shape[0]:  # solved with the prior's channels: back to the input's
+                    restored = restored.mean(0, keepdim=True)
                     reference = reference.mean(0, keepdim=True) if reference is not None else None
                 if job.fit is not None:  # back from the prior's size (--fit)
-                    estimate, reference = unfit(estimate, job.fit), fit_reference(reference, job.fit)
+                    restored, reference = unfit(restored, job.fit), fit_reference(reference, job.fit)
                     std = unfit(std, job.fit) if std is not None else None
-                metrics = _metrics(estimate, reference, lpips_weights) if reference is not None else {}
+                metrics = _metrics(restored, reference, lpips_weights) if reference is not None else {}
                 sidecar = dict(
                     written_by="restore", input=str(job.source), output=str(target),
                     reference=job.reference_path or None,
                     input_values=job.m.source_meta or None,
                     operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
-                    solver=solver_name, preset=solver.preset, params=result.params, samples=samples,
+                    solver=solver_name, preset=solver.preset, params=result.params, samples=result.samples,
+                    estimate=result.estimate,
                     prior=_prior_info(prior), device=str(dev), versions=versions(),
                     cost=dict(result.cost.to_dict(), batch=len(chunk), seconds_per_image=per_image_seconds),
                     channels=channel_note, fit=job.fit.to_dict() if job.fit else None, warnings=job.notes,
@@ -307,7 +315,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
                 # earlier output as it was, and an image never sits beside a sidecar that describes another run
                 files = [target] + ([std_path(target)] if result.std is not None else [])
                 with atomic_group(files + [target.with_suffix(".json")]) as tmps:
-                    save_image(tmps[0], estimate, atomic=False)
+                    save_image(tmps[0], restored, atomic=False)
                     if std is not None:
                         save_image(tmps[1], std / std.max().clamp_min(1e-12), atomic=False)
                     write_json(tmps[-1], sidecar, atomic=False)

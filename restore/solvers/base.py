@@ -14,7 +14,8 @@ Conventions (see the README):
   result does not depend on the batch it is in.
 
 ``solve()`` wraps ``sample``: checks needs before any work, counts network and operator evaluations, times, records
-peak memory, repeats for K posterior samples, and replaces images that became NaN/Inf by a clear failure.
+peak memory, repeats for K posterior samples (once for a deterministic solver) and makes one estimate of them (their
+mean, per-pixel median or first sample), and replaces images that became NaN/Inf by a clear failure.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ class Cost:
 
 @dataclasses.dataclass
 class Result:
-    x: Tensor                    # (B, C, H, W) estimate on [0, 1] (mean over samples when K > 1)
+    x: Tensor                    # (B, C, H, W) estimate on [0, 1] from the K samples (see ``estimate``)
     std: Tensor | None           # per-pixel standard deviation over the K samples (K > 1), on [0, 1]
-    samples: int
+    samples: int                 # K samples drawn (1 for a deterministic solver, whatever was asked)
     cost: Cost
     failed: list[str | None]     # per image: None, or why it failed (NaN/Inf)
     params: dict[str, Any]
+    estimate: str = "mean"       # how the K samples became x: "mean", "median" or "sample" (ESTIMATES)
 
 
 NEEDS_TEXT = {
@@ -294,18 +296,45 @@ class _NetCounter:
 
 # ------------------------------------------------------------------------------------------------------------------
 
+#: how K posterior samples become one image: their mean (the Monte-Carlo posterior mean m_K: for an exact sampler
+#: E‖m_K − x‖² = (1 + 1/K) tr Σ_post, about half a single sample's 2 tr Σ_post), their per-pixel median, or the first
+#: sample (seed index 0: the image a K = 1 run gives)
+ESTIMATES = ("mean", "median", "sample")
+
+
+def check_estimate(estimate: str) -> None:
+    if estimate not in ESTIMATES:
+        raise SolverError(f"--estimate must be one of {', '.join(ESTIMATES)}, got '{estimate}'.")
+
+
+def combine(draws: Tensor, estimate: str = "mean") -> Tensor:
+    """One image from K samples stacked on dim 0 (``ESTIMATES``); K = 1 gives the sample itself, bit for bit."""
+    check_estimate(estimate)
+    if estimate == "sample":
+        return draws[0].clone()
+    if estimate == "median":  # the middle value per pixel; the mean of the two middle ones for even K
+        ordered = draws.sort(dim=0).values
+        k = ordered.shape[0]
+        return (ordered[(k - 1) // 2] + ordered[k // 2]) / 2
+    return draws.mean(0)
+
 
 def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], noise=None, samples: int = 1,
-          progress: Progress | None = None) -> Result:
+          progress: Progress | None = None, estimate: str = "mean") -> Result:
     """Run ``solver`` on a batch of measurements ``y`` (image i seeded by ``seeds[i]``).
 
-    With ``samples`` = K > 1 the solver runs K times with independent streams and the result holds the mean and the
-    per-pixel standard deviation. Images whose estimate is not finite are reported in ``failed`` (their output is
-    zeros) instead of being returned as garbage."""
+    With ``samples`` = K > 1 the solver runs K times with independent streams (sample k from the streams
+    ``solver/NAME/k``, so sample 0 is the K = 1 result) and the result holds their ``estimate`` (mean, median or
+    sample, see ``ESTIMATES``) and the per-pixel standard deviation over all K. A deterministic solver
+    (``stochastic = False``) runs once: its K samples would be identical. Images whose estimate is not finite are
+    reported in ``failed`` (their output is zeros) instead of being returned as garbage."""
     if len(seeds) != y.shape[0]:
         raise SolverError(f"got {len(seeds)} seeds for a batch of {y.shape[0]} measurements.")
     if samples < 1:
         raise SolverError(f"--samples must be at least 1, got {samples}.")
+    check_estimate(estimate)
+    if not solver.stochastic:
+        samples = 1
     solver.check(op, prior)
     solver.noise = noise_sigma(noise)
     solver.reported = {}
@@ -328,21 +357,21 @@ def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], 
             counter.remove()
     seconds = time.perf_counter() - start
     stack = torch.stack(draws)
-    mean = stack.mean(0)
+    x = combine(stack, estimate)
     std = stack.std(0, unbiased=True) if samples > 1 else None
     failed: list[str | None] = []
-    for i in range(mean.shape[0]):
-        finite = bool(torch.isfinite(torch.stack(draws)[:, i]).all())
+    for i in range(x.shape[0]):
+        finite = bool(torch.isfinite(stack[:, i]).all())
         failed.append(None if finite else f"solver '{solver.name}' produced NaN/Inf for this image (a step size too "
                                           f"large for this prior or noise level); try another preset or more steps.")
         if not finite:
-            mean[i] = 0
+            x[i] = 0
             if std is not None:
                 std[i] = 0
     cost = Cost(nfe=counter.calls if counter else 0, operator_evals=counting.count, seconds=seconds,
                 peak_memory_mb=_peak_memory_mb(y))
-    return Result(x=mean, std=std, samples=samples, cost=cost, failed=failed,
-                  params=dict(solver.params, preset=solver.preset, **solver.reported))
+    return Result(x=x, std=std, samples=samples, cost=cost, failed=failed,
+                  params=dict(solver.params, preset=solver.preset, **solver.reported), estimate=estimate)
 
 
 def solver_needs_grad(solver: Solver) -> bool:

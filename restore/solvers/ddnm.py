@@ -40,6 +40,11 @@ Conventions and deliberate differences (each also stated where it happens):
   the paper. For the diagonal operators (masks, denoising) the two coincide.
 * Operators without an SVD but with an exact pseudo-inverse (attribute ``exact_pinv``) use x̂₀ = x₀ − A⁺(A x₀ − y₋₁)
   and the noise-free update (the simplified path; DDNM+'s Λ needs the spectrum, so σ_y is ignored there).
+* ``sigma_start`` > 0 (not in the official code; preset "low-start"): start at the timestep whose noise level
+  √((1−ᾱ_t)/ᾱ_t) is at most ``sigma_start`` (on [-1, 1]) from x = √ᾱ A⁺y₋₁ + √(1−ᾱ) z instead of x_T ~ N(0, I), with
+  the `steps` timesteps spread evenly below it (DDRM's ``sigma_start``, the same grid). A measurement-consistent
+  start at a low noise level is what made deepinv's DDRM 1–3 dB better than DDNM on a small prior
+  (``benchmarks/deepinv_parity.py``; docs/benchmarks.md has the figures).
 * Per-image generators for x_T and every z, so results do not depend on the batch.
 * Needs a pixel prior (``needs`` has "pixel"): a latent prior has no linear operator in its latent space.
 """
@@ -78,7 +83,8 @@ class DDNM(Solver):
     description = "DDNM/DDNM+ (Wang et al. 2023): DDIM steps with range/null-space rectification by A's SVD"
     needs = frozenset({"linear", "svd", "pixel"})
     stochastic = True
-    defaults = {"steps": 100, "eta": 0.85, "sigma_y": -1.0, "travel_length": 1, "travel_repeat": 1, "rcond": 1e-3}
+    defaults = {"steps": 100, "eta": 0.85, "sigma_y": -1.0, "travel_length": 1, "travel_repeat": 1, "rcond": 1e-3,
+                "sigma_start": 0.0}
     presets = {
         "default": {"description": "as evaluated (evaluation.sh): 100 steps, η = 0.85, no time travel; DDNM+ when the "
                                    "measurement is noisy"},
@@ -86,6 +92,9 @@ class DDNM(Solver):
                                                   "100 steps, η = 0.85"},
         "ddnm": {"sigma_y": 0.0, "description": "plain DDNM (hard data consistency, noise ignored) even for noisy "
                                                 "measurements"},
+        "low-start": {"sigma_start": 2.0,
+                      "description": "DDNM+ from σ = 2 on [-1, 1] (1 on [0, 1]) and A⁺y instead of from T and noise; "
+                                     "100 steps; not the official setting"},
         "time-travel": {"travel_length": 10, "travel_repeat": 3,
                         "description": "DDNM+ with RePaint-style time travel (l = 10, r = 3; 100 + 9·20 = 280 NFE; "
                                        "not the evaluated setting)"},
@@ -107,7 +116,9 @@ class DDNM(Solver):
         T = len(ac)
         if not 1 <= steps <= T:
             raise SolverError(f"DDNM steps must be between 1 and {T}, got {steps}.")
-        skip = T // steps
+        from .ddrm import ddrm_timesteps
+
+        grid = ddrm_timesteps(ac, steps, float(p["sigma_start"]))            # i·T//steps unless sigma_start > 0
         alpha = lambda t: 1.0 if t < 0 else float(ac[t])  # noqa: E731 - ᾱ_t with ᾱ_{−1} = 1 (``compute_alpha``)
         sigma01 = float(p["sigma_y"]) if p["sigma_y"] >= 0 else float(getattr(self, "noise", 0.0))
         sigma_y = 2.0 * sigma01                                            # on the [-1, 1] scale
@@ -117,13 +128,17 @@ class DDNM(Solver):
         x = randn_like_per_image(torch.empty(shape, device=y.device), gens)    # x_T ~ N(0, I)
         # A x = y₋₁ for x on [-1, 1]
         y_pm1 = 2 * y - op.A(torch.ones((1, *op.image_shape), device=y.device, dtype=x.dtype))
+        if p["sigma_start"] > 0:  # a measurement-consistent start at a low noise level (not the official code)
+            a_top = alpha(grid[-1])
+            x0_start = 2 * _real(op.A_pinv(y)).reshape(shape) - _real(op.A_pinv(op.A(torch.ones_like(x[:1]))))
+            x = a_top**0.5 * x0_start + (1 - a_top) ** 0.5 * x
         rectify = self._spectral(y_pm1, op, sigma_y, eta) if getattr(op, "has_svd", False) else self._pinv(y, op)
 
         times = schedule_jump(steps, int(p["travel_length"]), int(p["travel_repeat"]))
         pairs = list(zip(times[:-1], times[1:]))
         x0 = None
         for n_done, (i, j) in enumerate(pairs, 1):
-            t, s = i * skip, (j * skip if j >= 0 else -1)
+            t, s = grid[i], (grid[j] if j >= 0 else -1)
             a_s = alpha(s)
             if s < t:  # a forward (denoising) step
                 a_t = alpha(t)

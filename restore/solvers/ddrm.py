@@ -53,7 +53,7 @@ def ddrm_timesteps(ac: np.ndarray, steps: int, sigma_start: float = 0.0) -> list
     sig = np.sqrt((1 - ac) / ac)
     t_max = int(np.searchsorted(sig, sigma_start, side="right")) - 1
     if t_max < steps - 1:
-        raise SolverError(f"DDRM sigma_start {sigma_start:g} leaves only {t_max + 1} timesteps for {steps} steps; "
+        raise SolverError(f"sigma_start {sigma_start:g} leaves only {t_max + 1} timesteps for {steps} steps; "
                           f"raise sigma_start or lower steps.")
     return sorted({int(round(v)) for v in np.linspace(0, t_max, steps)})
 
