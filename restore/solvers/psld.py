@@ -90,7 +90,6 @@ from .base import (NORMALISE, Solver, SolverError, batch_norm, data_term_scale, 
                    to_pm1)
 from .dps import alphas_cumprod64
 
-_BOOLS = ("noise_in_residual", "official_timestep_offset")
 
 
 def psld_timesteps(T: int, steps: int, official_offset: bool = False) -> tuple[list[int], list[int]]:
@@ -160,12 +159,6 @@ class PSLD(Solver):
     }
 
     def __init__(self, preset: str | None = None, **overrides):
-        for key in _BOOLS:  # "false" must not become True through bool("false")
-            if isinstance(overrides.get(key), str):
-                text = overrides[key].strip().lower()
-                if text not in ("true", "false", "1", "0", "yes", "no"):
-                    raise SolverError(f"psld {key} must be true or false, got '{overrides[key]}'.")
-                overrides[key] = text in ("true", "1", "yes")
         super().__init__(preset, **overrides)
         p = self.params
         if not (p["omega"] >= 0 and p["gamma"] >= 0 and p["eta"] >= 0):

@@ -103,7 +103,6 @@ from torch import Tensor
 from .base import Solver, SolverError, batch_norm, measurement_pm1, randn_like_per_image, to01
 from .dps import alphas_cumprod64
 
-_BOOLS = ("official_tweedie_quirk", "official_lookahead_offset", "noise_stop")
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:
@@ -237,12 +236,6 @@ class ReSample(Solver):
     }
 
     def __init__(self, preset: str | None = None, **overrides):
-        for key in _BOOLS:  # "false" must not become True through bool("false")
-            if isinstance(overrides.get(key), str):
-                text = overrides[key].strip().lower()
-                if text not in ("true", "false", "1", "0", "yes", "no"):
-                    raise SolverError(f"resample {key} must be true or false, got '{overrides[key]}'.")
-                overrides[key] = text in ("true", "1", "yes")
         super().__init__(preset, **overrides)
         p = self.params
         for key in ("skip", "splits"):
