@@ -21,9 +21,24 @@ def stream_seed(seed: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def generators(seeds: Sequence[int], stream: str) -> list[torch.Generator]:
+class ImageGenerators(list):
+    """One CPU ``torch.Generator`` per image of a batch, drawn from as one object (the idea of EDM's
+    ``StackedRandomGenerator``): image i's noise always comes from ``self[i]``, so an image's result does not depend
+    on the batch it is in, on the device, or on what other code draws from torch's global generator."""
+
+    def randn(self, shape: Sequence[int], device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal noise of ``shape`` = (B, ...) with B = len(self), drawn on the CPU, then moved."""
+        rows = [torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32) for g in self]
+        return torch.stack(rows).to(device=device, dtype=dtype)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like the batch ``x`` (its device and dtype)."""
+        return ImageGenerators.randn(self, x.shape, device=x.device, dtype=x.dtype)
+
+
+def generators(seeds: Sequence[int], stream: str) -> ImageGenerators:
     """One CPU generator per image for the named stream."""
-    out = []
+    out = ImageGenerators()
     for s in seeds:
         g = torch.Generator(device="cpu")
         g.manual_seed(stream_seed(s, stream))

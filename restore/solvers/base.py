@@ -3,14 +3,15 @@ posterior sampling with K samples (mean and per-pixel standard deviation).
 
 A solver is a class with a ``sample`` method that runs its algorithm once on a batch::
 
-    x = solver.sample(y, op, prior, gens, progress)   # y: measurement; returns the estimate on [-1, 1]
+    x = solver.sample(y, op, prior, rng, progress)   # y: measurement; returns the estimate on [-1, 1]
 
 Conventions (see the README):
 * the operator acts on **[0, 1]** images; the prior on **[-1, 1]** ones. Solvers work on [-1, 1] and call the operator
   through ``forward01``/``A_on_pm1`` helpers below, so y = A((x+1)/2) + n;
 * the measurement noise σ_y is on [0, 1] (``noise_sigma``). A paper written on [-1, 1] (DPS, DAPS) has its residual
   ‖y − A(x)‖ twice as large as ours for the same images: presets say how they translate;
-* every random draw inside a solver comes from ``gens[i]`` for image i (``randn_like_per_image``), so an image's
+* every random draw inside a solver comes from ``rng`` (``operators.seeding.ImageGenerators``: ``rng.randn_like(x)``,
+  image i from generator ``rng[i]``), so an image's
   result does not depend on the batch it is in.
 
 ``solve()`` wraps ``sample``: checks needs before any work, counts network and operator evaluations, times, records
@@ -28,8 +29,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import Tensor
 
-from operators import LinearOperator, Operator
-from operators.seeding import generators
+from operators import Operator
+from operators.seeding import ImageGenerators, generators
 
 Progress = Callable[[int, int], None]
 
@@ -143,7 +144,7 @@ class Solver:
         settings at sampling time); by default the parameters as set."""
         return dict(self.params)
 
-    def sample(self, y: Tensor, op: Operator, prior, gens: Sequence[torch.Generator],
+    def sample(self, y: Tensor, op: Operator, prior, rng: Sequence[torch.Generator],
                progress: Progress | None = None) -> Tensor:
         raise NotImplementedError
 
@@ -194,10 +195,10 @@ def to_pm1(x: Tensor) -> Tensor:
     return x * 2 - 1
 
 
-def randn_like_per_image(x: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
-    """Standard normal noise shaped like x, image i drawn from gens[i] (on the CPU, then moved)."""
-    rows = [torch.randn(tuple(x.shape[1:]), generator=g, dtype=torch.float32) for g in gens]
-    return torch.stack(rows).to(device=x.device, dtype=x.dtype)
+def randn_like_per_image(x: Tensor, rng: Sequence[torch.Generator]) -> Tensor:
+    """Standard normal noise shaped like x, image i drawn from rng[i]: ``ImageGenerators.randn_like`` for a plain
+    list of generators (solvers call ``rng.randn_like(x)``)."""
+    return ImageGenerators.randn_like(rng, x)
 
 
 def measurement_pm1(y: Tensor, op) -> Tensor:
@@ -347,10 +348,10 @@ def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], 
     draws = []
     try:
         for k in range(samples):
-            gens = generators(seeds, f"solver/{solver.name}/{k}")
+            rng = generators(seeds, f"solver/{solver.name}/{k}")
             steps_done = (lambda i, n, k=k: progress(k * n + i, samples * n)) if progress else None
             with torch.no_grad() if not solver_needs_grad(solver) else torch.enable_grad():
-                x = solver.sample(y, counting, prior, gens, steps_done)
+                x = solver.sample(y, counting, prior, rng, steps_done)
             draws.append(to01(x.detach().float()).clamp(0, 1) if x.is_floating_point() else x.detach())
     finally:
         if counter is not None:

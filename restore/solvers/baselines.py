@@ -116,7 +116,7 @@ class BicubicSolver(Baseline):
     families = ("sr",)
     presets = {"default": {"description": "Pillow BICUBIC upsampling by the factor"}}
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         from PIL import Image
 
         _, h, w = op.image_shape
@@ -172,7 +172,7 @@ class WienerSolver(Baseline):
         self.reported = {"alpha_used": [float(f"{float(a):.6g}") for a in alpha.flatten()]}
         return x + mean
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         return self.finish(self.estimate(y, op), y, progress)
 
 
@@ -186,7 +186,7 @@ class BiharmonicSolver(Baseline):
     families = ("mask",)
     presets = {"default": {"description": "skimage.restoration.inpaint_biharmonic"}}
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         from skimage.restoration import inpaint_biharmonic
 
         masks = op.mask.detach().cpu().numpy()
@@ -214,7 +214,7 @@ class NLMSolver(Baseline):
     defaults = {"h_factor": 0.8, "patch_size": 5, "patch_distance": 6}
     presets = {"default": {"description": "fast mode, 5×5 patches, distance 6, h = 0.8σ"}}
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         from skimage.restoration import denoise_nl_means
 
         def denoise(img, sigma):
@@ -245,7 +245,7 @@ class BM3DSolver(Baseline):
             raise SolverError("bm3d needs the bm3d package, which is not installed; run 'pip install bm3d' "
                               "(or use nlm).") from None
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         import bm3d
 
         def denoise(img, sigma):
@@ -319,7 +319,7 @@ class FBPSolver(Baseline):
         super().check(op, prior)
         self.chosen_filter(op)
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         import operators
 
         name = self.chosen_filter(op)
@@ -341,7 +341,7 @@ class ZeroFillSolver(Baseline):
     families = ("mri",)
     presets = {"default": {"description": "|F⁻¹y|, root sum of squares over coils"}}
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         from operators.simple import ifft2c
 
         c = op.image_shape[0]

@@ -119,7 +119,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, randn_like_per_image, task_of,
+from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, task_of,
                    to01)
 
 CLOSED_FORM = ("auto", "on", "off")
@@ -246,7 +246,7 @@ class DAPSSolver(Solver):
             raise SolverError(f"daps: likelihood must be one of {', '.join(LIKELIHOODS)}, got '{p['likelihood']}'.")
 
     # ----------------------------------------------------------------------------------------------------------------
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         p = self.params
         latent = bool(getattr(prior.card, "latent", False))
         p.update(self.params_for(op, prior))  # mcmc_from_task: the task's settings; the sidecar shows them
@@ -281,7 +281,7 @@ class DAPSSolver(Solver):
 
         # the annealing grid: N+1 poly-7 points, the first N kept, then 0 (EDMScheduler.discretize)
         sigmas = poly_sigmas(p["sigma_max"], p["sigma_min"], N + 1)[:N] + [0.0]
-        x = randn_like_per_image(torch.empty((y.shape[0], *shape), device=y.device), gens) * sigmas[0]
+        x = rng.randn((y.shape[0], *shape), device=y.device) * sigmas[0]
 
         for k in range(N):
             sigma = sigmas[k]
@@ -293,11 +293,11 @@ class DAPSSolver(Solver):
             #    times τ_eff/τ for the "noise" likelihood (a float, or a tensor of one value per image)
             eta = p["lr"] * (1 + k / (N + 1) * (p["lr_min_ratio"] - 1)) * lr_scale
             if spectral is not None:
-                x0 = spectral.sample(x0hat, sigma, eta, J, gens)
+                x0 = spectral.sample(x0hat, sigma, eta, J, rng)
             else:
-                x0 = self._mcmc(x0hat, sigma, eta, J, data_grad, gens)
+                x0 = self._mcmc(x0hat, sigma, eta, J, data_grad, rng)
             # 3. forward diffusion to the next level: x_{k+1} = x₀ + σ_{k+1}·n   (σ_N = 0: the output is x₀)
-            x = x0 + sigmas[k + 1] * randn_like_per_image(x0, gens) if sigmas[k + 1] > 0 else x0
+            x = x0 + sigmas[k + 1] * rng.randn_like(x0) if sigmas[k + 1] > 0 else x0
             if progress:
                 progress(k + 1, N)
         if latent:
@@ -343,7 +343,7 @@ class DAPSSolver(Solver):
             x = x + (s_next - s_cur) * d
         return x
 
-    def _mcmc(self, x0hat: Tensor, sigma: float, eta, steps: int, data_grad, gens) -> Tensor:
+    def _mcmc(self, x0hat: Tensor, sigma: float, eta, steps: int, data_grad, rng) -> Tensor:
         """J Langevin or (damped) HMC steps on log p(x₀|x_t,y) from x₀ = x̂₀, with the score
         ∇ log p = −∇_x ‖s·(A(x) − y)‖²/τ_eff² + (x̂₀ − x)/σ_k²  (``data_grad`` = (g, a_data): the gradient g and its
         weight per image, a_data = c·κ/τ_eff², so that the data term's gradient is a_data·g). ``eta``: the step, a
@@ -362,18 +362,18 @@ class DAPSSolver(Solver):
                 g = grad_fn(x)
                 # x ← x + η·score + √(2η)·ε  =  (1 − η a_prior)·x + η a_prior·x̂₀ − η a_data·g + √(2η)·ε   (in place)
                 _axpy(x.mul_(1 - eta * a_prior), x0hat, eta * a_prior).addcmul_(g, data_step, value=-1.0)
-                _axpy(x, randn_like_per_image(x, gens), noise_scale)
+                _axpy(x, rng.randn_like(x), noise_scale)
         else:
             m = p["momentum"]
             h = math.sqrt(eta) if isinstance(eta, float) else eta.sqrt()
             noise_scale = math.sqrt(2 * (1 - m))
             data_step = a_data * h
-            v = randn_like_per_image(x, gens)                       # v₀ ~ N(0, I)
+            v = rng.randn_like(x)                       # v₀ ~ N(0, I)
             for _ in range(steps):
                 g = grad_fn(x)
                 # v ← m·v + √η·score + √(2(1−m))·ε ;  x ← x + √η·v
                 _axpy(_axpy(v.mul_(m), x0hat, h * a_prior), x, -h * a_prior).addcmul_(g, data_step, value=-1.0)
-                v.add_(randn_like_per_image(x, gens), alpha=noise_scale)
+                v.add_(rng.randn_like(x), alpha=noise_scale)
                 _axpy(x, v, h)
         return x
 
@@ -464,7 +464,7 @@ class SpectralLangevin:
         keep = m_j + pull / sigma**2                             # m^J + (1 − m^J)/(σ²h)
         return keep.float(), (pull * self.a).float(), q.sqrt().float()
 
-    def sample(self, x0hat: Tensor, sigma: float, eta, steps: int, gens) -> Tensor:
+    def sample(self, x0hat: Tensor, sigma: float, eta, steps: int, rng) -> Tensor:
         keep, towards, std = self.law(sigma, eta, steps)
-        noise = self.op.Vt(randn_like_per_image(x0hat, gens))
+        noise = self.op.Vt(rng.randn_like(x0hat))
         return self.op.V(self.op.Vt(x0hat) * keep + self.aty * towards + std * noise)

@@ -56,7 +56,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, randn_like_per_image, to01
+from .base import Solver, SolverError, measurement_pm1, to01
 from .dps import alphas_cumprod64
 
 
@@ -108,7 +108,7 @@ class DDNM(Solver):
         if p["travel_length"] < 1 or p["travel_repeat"] < 1:
             raise SolverError("DDNM travel_length and travel_repeat must be at least 1 (1 = no time travel).")
 
-    def sample(self, y: Tensor, op, prior, gens: Sequence[torch.Generator], progress=None) -> Tensor:
+    def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         p = self.params
         eta = float(p["eta"])
         steps = int(p["steps"])
@@ -125,9 +125,9 @@ class DDNM(Solver):
 
         c = prior.card.channels
         shape = (y.shape[0], c, *op.image_shape[1:])
-        x = randn_like_per_image(torch.empty(shape, device=y.device), gens)    # x_T ~ N(0, I)
+        x = rng.randn(shape, device=y.device)    # x_T ~ N(0, I)
         # A x = y₋₁ for x on [-1, 1]
-        y_pm1 = 2 * y - op.A(torch.ones((1, *op.image_shape), device=y.device, dtype=x.dtype))
+        y_pm1 = measurement_pm1(y, op)
         if p["sigma_start"] > 0:  # a measurement-consistent start at a low noise level (not the official code)
             a_top = alpha(grid[-1])
             x0_start = 2 * _real(op.A_pinv(y)).reshape(shape) - _real(op.A_pinv(op.A(torch.ones_like(x[:1]))))
@@ -144,9 +144,9 @@ class DDNM(Solver):
                 a_t = alpha(t)
                 eps, _ = prior.model_output(x, torch.full((shape[0],), float(t), device=y.device))
                 x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5                     # Eq. 12, no clamp
-                x = rectify(x0, eps, a_s, gens)                                  # Eq. 17 + Eq. 51
+                x = rectify(x0, eps, a_s, rng)                                  # Eq. 17 + Eq. 51
             else:  # time travel back: re-noise the last unrectified x₀|t
-                x = a_s**0.5 * x0 + (1 - a_s) ** 0.5 * randn_like_per_image(x0, gens)
+                x = a_s**0.5 * x0 + (1 - a_s) ** 0.5 * rng.randn_like(x0)
             if progress:
                 progress(n_done, len(pairs))
         return x
@@ -161,9 +161,9 @@ class DDNM(Solver):
         c_y = op.Ut(y_pm1) * inv_s                                             # Vᵀ A⁺ y₋₁
         root = (1 - eta**2) ** 0.5
 
-        def step(x0: Tensor, eps: Tensor, a_s: float, gens) -> Tensor:
+        def step(x0: Tensor, eps: Tensor, a_s: float, rng) -> Tensor:
             a, sigma_t = a_s**0.5, (1 - a_s) ** 0.5
-            z = randn_like_per_image(x0, gens)
+            z = rng.randn_like(x0)
             if sigma_y == 0:
                 # x̂₀ = x₀ − A⁺(A x₀ − y₋₁); x_s = a x̂₀ + σ_t(η z + √(1−η²) ε̂)
                 x0_hat = x0 - _real(op.V(keep * (op.Vt(x0) - c_y)))
@@ -184,12 +184,12 @@ class DDNM(Solver):
         eta = float(self.params["eta"])
         root = (1 - eta**2) ** 0.5
 
-        def step(x0: Tensor, eps: Tensor, a_s: float, gens) -> Tensor:
+        def step(x0: Tensor, eps: Tensor, a_s: float, rng) -> Tensor:
             # x̂₀ = x₀ − A⁺(A x₀ − y₋₁) = x₀ − 2 A⁺(A((x₀+1)/2) − y)   (A⁺ of the [0, 1] operator)
             corr = op.A_pinv(op.A(to01(x0)) - y)
             x0_hat = x0 - 2 * _real(corr)
             sigma_t = (1 - a_s) ** 0.5
-            return a_s**0.5 * x0_hat + sigma_t * (eta * randn_like_per_image(x0, gens) + root * eps)
+            return a_s**0.5 * x0_hat + sigma_t * (eta * rng.randn_like(x0) + root * eps)
 
         return step
 

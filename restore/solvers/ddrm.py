@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, randn_like_per_image
+from .base import Solver, SolverError, measurement_pm1
 from .ddnm import _real
 from .dps import alphas_cumprod64
 
@@ -80,7 +80,7 @@ class DDRM(Solver):
         if p["steps"] < 1:
             raise SolverError(f"DDRM steps must be at least 1, got {p['steps']}.")
 
-    def sample(self, y: Tensor, op, prior, gens: Sequence[torch.Generator], progress=None) -> Tensor:
+    def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         p = self.params
         eta, eta_b = float(p["eta"]), float(p["eta_b"])
         ac = alphas_cumprod64(prior)
@@ -95,7 +95,7 @@ class DDRM(Solver):
         c = prior.card.channels
         shape = (y.shape[0], c, *op.image_shape[1:])
         dev = y.device
-        y_pm1 = 2 * y - op.A(torch.ones((1, *op.image_shape), device=dev, dtype=y.dtype))
+        y_pm1 = measurement_pm1(y, op)
         s = op.singulars()
         smax = s.reshape(s.shape[0], -1).amax(dim=1).reshape(-1, *([1] * (s.dim() - 1)))
         keep = s > float(p["rcond"]) * smax                                     # s_i > 0
@@ -105,7 +105,7 @@ class DDRM(Solver):
         nsr = sigma_y * inv_s                                                   # σ_y / s_i (0 off the range)
 
         def spectral_noise() -> Tensor:
-            return op.Vt(randn_like_per_image(torch.empty(shape, device=dev), gens))
+            return op.Vt(rng.randn(shape, device=dev))
 
         # x_T ~ p(x_T | y): modes with s_i σ_T > σ_y start from ȳ_i, the others from pure noise (Eq. 5)
         sig_T = ((1 - alpha(seq[-1])) / alpha(seq[-1])) ** 0.5

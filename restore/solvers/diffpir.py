@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, randn_like_per_image, task_of
+from .base import Solver, SolverError, task_of
 from .ddnm import _real
 from .dps import alphas_cumprod64
 
@@ -83,7 +83,7 @@ class DiffPIR(Solver):
         task = task_of(op.spec)
         return task if task in self.presets else "default"
 
-    def sample(self, y: Tensor, op, prior, gens: Sequence[torch.Generator], progress=None) -> Tensor:
+    def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         p = self.params
         ac = alphas_cumprod64(prior)
         grid = diffpir_grid(len(ac), int(p["steps"]))
@@ -95,7 +95,7 @@ class DiffPIR(Solver):
 
         a_T = float(ac[grid[0]])
         start = 2 * _real(op.A_pinv(y)).reshape(shape) - 1
-        x = a_T**0.5 * start + (1 - a_T) ** 0.5 * randn_like_per_image(torch.empty(shape, device=dev), gens)
+        x = a_T**0.5 * start + (1 - a_T) ** 0.5 * rng.randn(shape, device=dev)
         x0 = x
         for i, t in enumerate(grid):
             a_t = float(ac[t])
@@ -106,7 +106,7 @@ class DiffPIR(Solver):
                 x0 = 2 * prox((x0 + 1) / 2, rho) - 1                         # the data step on [0, 1]
                 eps_hat = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
                 a_next = float(ac[grid[i + 1]])
-                z = randn_like_per_image(x, gens)
+                z = rng.randn_like(x)
                 x = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * ((1 - zeta) ** 0.5 * eps_hat + zeta**0.5 * z)
             if progress:
                 progress(i + 1, len(grid))

@@ -32,7 +32,7 @@ Conventions and deliberate differences from the official code (each also stated 
   a network without those channels we follow guided-diffusion's default for ``learn_sigma=False``
   (``sigma_small=False`` → ``FIXED_LARGE``): σ² = β_i (β̃_1 at i = 0, where no noise is added anyway).
   ``variance=fixedsmall`` gives the posterior variance β̃_i (DDPM's other choice) instead.
-* Per-image generators for x_N and every z (``randn_like_per_image``), so results do not depend on the batch.
+* Per-image generators for x_N and every z (``rng.randn_like``), so results do not depend on the batch.
 * μ is computed from detached x_i and x̂₀: the official code builds it inside the graph but detaches the update, and
   the gradient only flows through ‖y − A(x̂₀)‖, so the numbers are the same and no unused graph is kept.
 
@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import NORMALISE, Solver, SolverError, batch_norm, data_term_scale, randn_like_per_image, to01
+from .base import NORMALISE, Solver, SolverError, batch_norm, data_term_scale, to01
 
 VARIANCES = ("auto", "learned", "fixedlarge", "fixedsmall")
 
@@ -135,14 +135,14 @@ class DPS(Solver):
         if self.params["normalise"] not in NORMALISE:
             raise SolverError(f"DPS normalise must be one of {', '.join(NORMALISE)}, got '{self.params['normalise']}'.")
 
-    def sample(self, y: Tensor, op, prior, gens, progress=None) -> Tensor:
+    def sample(self, y: Tensor, op, prior, rng, progress=None) -> Tensor:
         zeta = float(self.params["scale"])
         T = int(prior.alphas_cumprod.shape[0])
         coef = DDPMCoefficients(alphas_cumprod64(prior), space_timesteps(T, int(self.params["steps"])))
         n = len(coef.timesteps)
         variance = self.params["variance"]
         shape = (y.shape[0], prior.card.channels, *op.image_shape[1:])
-        x = randn_like_per_image(torch.empty(shape, device=y.device), gens)          # x_N ~ N(0, I)
+        x = rng.randn(shape, device=y.device)          # x_N ~ N(0, I)
         # CT: the normalised operator A/‖A‖ (data_term_scale), so ζ keeps its unit-scale meaning: ‖r‖/‖A‖
         norm_scale = data_term_scale(op, shape[0], y.device, self.params["normalise"]).view(-1).sqrt()
 
@@ -170,7 +170,7 @@ class DPS(Solver):
                     else:
                         std = math.exp(0.5 * (coef.log_var_small[k] if variance == "fixedsmall"
                                               else coef.log_var_large[k]))
-                    x_prev = x_prev + std * randn_like_per_image(x_t, gens)
+                    x_prev = x_prev + std * rng.randn_like(x_t)
                 # x_{i−1} = x'_{i−1} − ζ ∇_{x_i} ‖y − A(x̂₀)‖
                 x = x_prev - zeta * grad
             if progress:

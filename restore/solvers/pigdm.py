@@ -71,7 +71,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, randn_like_per_image, to01
+from .base import Solver, SolverError, measurement_pm1, to01
 from .ddnm import _real
 from .dps import alphas_cumprod64
 
@@ -97,7 +97,7 @@ class PiGDM(Solver):
         if p["steps"] < 1:
             raise SolverError(f"pigdm steps must be at least 1, got {p['steps']}.")
 
-    def sample(self, y: Tensor, op, prior, gens: Sequence[torch.Generator], progress=None) -> Tensor:
+    def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         p = self.params
         eta, weight, steps = float(p["eta"]), float(p["grad_term_weight"]), int(p["steps"])
         ac = alphas_cumprod64(prior)
@@ -119,8 +119,7 @@ class PiGDM(Solver):
         times = [k * skip for k in range(steps)]                               # official: range(0, T, skip)
         t0 = times[-1]
         # x_{t_S} = √ᾱ A⁺y₋₁ + √(1−ᾱ) z   (``PGDM.initialize``)
-        x = alpha(t0) ** 0.5 * pinv_y.reshape(shape) + (1 - alpha(t0)) ** 0.5 * randn_like_per_image(
-            torch.empty(shape, device=y.device), gens)
+        x = alpha(t0) ** 0.5 * pinv_y.reshape(shape) + (1 - alpha(t0)) ** 0.5 * rng.randn(shape, device=y.device)
         for n_done, k in enumerate(reversed(range(steps)), 1):
             t, s = times[k], (times[k - 1] if k > 0 else -1)
             a_t, a_s = alpha(t), alpha(s)
@@ -134,7 +133,7 @@ class PiGDM(Solver):
             (g,) = torch.autograd.grad((mat * x0).sum(), x)
             with torch.no_grad():
                 coeff = self._weight(a_t, a_s, c2) * weight
-                z = randn_like_per_image(x, gens)
+                z = rng.randn_like(x)
                 # x_s = √ᾱ_s x̂₀ + c1 z + c2 ε̂ + w_t g
                 x = a_s**0.5 * x0.detach() + c1 * z + c2 * eps.detach() + coeff * g
             if progress:

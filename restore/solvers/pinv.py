@@ -23,7 +23,7 @@ class PinvSolver(Solver):
         except AttributeError:
             raise SolverError(f"operator '{op.spec.family}' has no pseudo-inverse.") from None
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         x01 = op.A_pinv(y)
         x01 = x01.real if x01.is_complex() else x01
         if progress:

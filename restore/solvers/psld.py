@@ -86,7 +86,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import (NORMALISE, Solver, SolverError, batch_norm, data_term_scale, randn_like_per_image, to01,
+from .base import (NORMALISE, Solver, SolverError, batch_norm, data_term_scale, to01,
                    to_pm1)
 from .dps import alphas_cumprod64
 
@@ -117,11 +117,11 @@ def _has_pinv(op) -> bool:
     return callable(method) and method is not Operator.A_pinv
 
 
-def _randn_like_measurement(y: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
-    """N(0, 1) per real entry of the measurement (real and imaginary parts for complex y), image i from gens[i]."""
+def _randn_like_measurement(y: Tensor, rng: Sequence[torch.Generator]) -> Tensor:
+    """N(0, 1) per real entry of the measurement (real and imaginary parts for complex y), image i from rng[i]."""
     if y.is_complex():
-        return torch.view_as_complex(randn_like_per_image(torch.view_as_real(y), gens).contiguous())
-    return randn_like_per_image(y, gens)
+        return torch.view_as_complex(rng.randn_like(torch.view_as_real(y)).contiguous())
+    return rng.randn_like(y)
 
 
 class PSLD(Solver):
@@ -177,11 +177,11 @@ class PSLD(Solver):
                               f"gluing term, which it does not offer; use resample or daps, which need none.")
 
     # ----------------------------------------------------------------------------------------------------------------
-    def sample(self, y: Tensor, op, prior, gens: Sequence[torch.Generator], progress=None) -> Tensor:
+    def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         with torch.enable_grad():
-            return self._sample(y, op, prior, gens, progress)
+            return self._sample(y, op, prior, rng, progress)
 
-    def _sample(self, y: Tensor, op, prior, gens, progress) -> Tensor:
+    def _sample(self, y: Tensor, op, prior, rng, progress) -> Tensor:
         p = self.params
         omega, gamma, eta = float(p["omega"]), float(p["gamma"]), float(p["eta"])
         sigma_y = float(getattr(self, "noise", 0.0) or 0.0) if p["noise_in_residual"] else 0.0
@@ -196,7 +196,7 @@ class PSLD(Solver):
         with torch.no_grad():
             pinv_y = op.A_pinv(y)                                     # A⁺y, on [0, 1]
 
-        z = randn_like_per_image(torch.empty((B, *self._latent_shape(op, prior, y.device)), device=y.device), gens)
+        z = rng.randn((B, *self._latent_shape(op, prior, y.device)), device=y.device)
         for i in reversed(range(n)):
             a_t, a_prev = alphas[i], alphas_prev[i]
             z_in = z.detach().requires_grad_(True)
@@ -208,13 +208,13 @@ class PSLD(Solver):
             with torch.no_grad():
                 z_prev = math.sqrt(a_prev) * z0 + math.sqrt(max(1 - a_prev - sigma_t**2, 0.0)) * eps
                 if sigma_t > 0:
-                    z_prev = z_prev + sigma_t * randn_like_per_image(z_prev, gens)
+                    z_prev = z_prev + sigma_t * rng.randn_like(z_prev)
             # x̂ = D(ẑ₀); the ω-term on the [-1, 1] scale: ‖A x̂₋₁ + n' − y₋₁‖ = ‖2(A x̂₀₁ − y) + 2σ_y n'‖
             x01 = to01(prior.decode(z0))
             ax = op.A(x01)
             residual = 2.0 * (ax - y)
             if sigma_y > 0:
-                residual = residual + 2.0 * sigma_y * _randn_like_measurement(y, gens)
+                residual = residual + 2.0 * sigma_y * _randn_like_measurement(y, rng)
             # the gluing term: x̃ = A⁺y + (I − A⁺A) x̂ (on [0, 1], mapped to [-1, 1]),  ‖E(x̃) − ẑ₀‖
             glued = to_pm1(x01 + pinv_y - op.A_pinv(ax))
             loss = omega * batch_norm(residual) * norm_scale + gamma * batch_norm(prior.encode(glued) - z0)

@@ -70,7 +70,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, randn_like_per_image, to01,
+from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, to01,
                    to_pm1)
 
 # denoise_term_weight options of algos/reddiff.py, as functions of snr_inv = σ_t = √(1−ᾱ_t)/√ᾱ_t
@@ -113,7 +113,7 @@ class REDDiffSolver(Solver):
         if p["normalise"] not in NORMALISE:
             raise SolverError(f"reddiff: normalise must be one of {', '.join(NORMALISE)}, got '{p['normalise']}'.")
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         p = self.params
         S, T = p["steps"], prior.T
         if S > T:
@@ -135,7 +135,7 @@ class REDDiffSolver(Solver):
         for i in range(1, S + 1):
             t = skip * (S - i)
             a = float(abar[t])
-            eps = randn_like_per_image(mu, gens)
+            eps = rng.randn_like(mu)
             x_t = math.sqrt(a) * mu + math.sqrt(1 - a) * eps   # x_t = √ᾱ_t·μ + √(1−ᾱ_t)·ε
             with torch.no_grad():
                 eps_hat, _ = prior.model_output(x_t, torch.full((mu.shape[0],), float(t), device=mu.device))

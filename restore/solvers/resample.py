@@ -100,7 +100,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, batch_norm, measurement_pm1, randn_like_per_image, to01
+from .base import Solver, SolverError, batch_norm, measurement_pm1, to01
 from .dps import alphas_cumprod64
 
 
@@ -257,11 +257,11 @@ class ReSample(Solver):
                               f"image.")
 
     # ----------------------------------------------------------------------------------------------------------------
-    def sample(self, y: Tensor, op, prior, gens: Sequence[torch.Generator], progress=None) -> Tensor:
+    def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         with torch.enable_grad():
-            return self._sample(y, op, prior, gens, progress)
+            return self._sample(y, op, prior, rng, progress)
 
-    def _sample(self, y: Tensor, op, prior, gens, progress) -> Tensor:
+    def _sample(self, y: Tensor, op, prior, rng, progress) -> Tensor:
         p = self.params
         quirk = bool(p["official_tweedie_quirk"])
         ac = alphas_cumprod64(prior)
@@ -274,7 +274,7 @@ class ReSample(Solver):
         tol = self._tolerance(y, op)
         data = _Data(y, op, prior)
 
-        z = randn_like_per_image(torch.empty((B, *self._latent_shape(op, prior, y.device)), device=y.device), gens)
+        z = rng.randn((B, *self._latent_shape(op, prior, y.device)), device=y.device)
         for i in range(n):
             index = n - 1 - i
             a_t, a_prev = alphas[index], alphas_prev[index]
@@ -307,7 +307,7 @@ class ReSample(Solver):
                     z0_y = self._latent_opt(z0, data, tol)
                 var = resample_variance(a_t, a_prev, float(p["gamma"]))       # σ_t² = 40·β̃
                 with torch.no_grad():
-                    z = stochastic_resample(z0_y.detach(), z, a_prev, var, randn_like_per_image(z, gens))
+                    z = stochastic_resample(z0_y.detach(), z, a_prev, var, rng.randn_like(z))
             if progress:
                 progress(i + 1, n)
         # the final latent optimisation from z₀, then decode

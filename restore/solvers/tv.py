@@ -146,7 +146,7 @@ class TVSolver(Baseline):
         lam0, power, floor = TV_RULE[op.spec.family]
         return norm * lam0 * (max(self.sigma, floor) / 0.05) ** power
 
-    def sample(self, y, op, prior, gens, progress=None):
+    def sample(self, y, op, prior, rng, progress=None):
         b = y.shape[0]
         norm = operator_gain(op, b, y.device).sqrt()
         lam = self.weight(op, norm)
