@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import operators  # noqa: E402
 from restore.bench import gains  # noqa: E402
 from restore.report import load_rows, summary  # noqa: E402
 from restore.solve import task_label  # noqa: E402
@@ -31,7 +32,10 @@ def tables(folder: Path, title: str) -> str:
     table, gain = summary(rows), gains(rows)
     out = []
     for op, per in table.items():
-        out += [f"#### {title}: {task_label(op)}", "", "| method | n | PSNR ↑ | SSIM ↑ | LPIPS ↓ | s/img |",
+        label = task_label(op)
+        if label == "mri":  # both rates share the task name
+            label = f"mri-{operators.parse(op)['accel']}x"
+        out += [f"#### {title}: {label}", "", "| method | n | PSNR ↑ | SSIM ↑ | LPIPS ↓ | s/img |",
                 "|---|---|---|---|---|---|"]
         best = {m: max((sign * e[m][0] for e in per.values() if not math.isnan(e[m][0])), default=math.nan)
                 for m, _, sign in METRICS}
