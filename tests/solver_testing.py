@@ -21,8 +21,9 @@ import torch
 import operators
 from operators.seeding import generators
 from priors.adm import ADMConfig, ADMUNet
-from priors.base import DiffusionPrior, PriorCard
+from priors.base import DiffusionPrior, PriorCard, ldm_linear_betas
 from priors.gaussian import GaussianPrior
+from priors.latent import AutoencoderConfig, LatentPrior, SmallAutoencoder
 
 #: family → (spec, image shape (C, H, W)): tiny instances of every operator family for smoke tests
 SMOKE_SPECS: dict[str, tuple[str, tuple[int, int, int]]] = {
@@ -124,3 +125,35 @@ def run_sample(solver, y: torch.Tensor, op, prior, seeds: Sequence[int], noise: 
     gens = generators(list(seeds), f"solver/{solver.name}/0")
     with torch.no_grad() if not solver_needs_grad(solver) else torch.enable_grad():
         return solver.sample(y, op, prior, gens, None).detach()
+
+
+def tiny_latent_prior(channels: int = 3, size: int = 16, seed: int = 0, timesteps: int = 1000) -> LatentPrior:
+    """A random LatentPrior: a tiny SmallAutoencoder (×2 down, 3 latent channels) + a tiny ADM UNet on its latents,
+    on the ldm-linear schedule with ``timesteps`` steps."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ae = SmallAutoencoder(AutoencoderConfig(in_channels=channels, latent_channels=3, base_channels=8,
+                                                channel_mult="1,2", num_res_blocks=1)).eval()
+        cfg = ADMConfig(image_size=size // 2, in_channels=3, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+                        attention_resolutions="4", num_head_channels=32, learn_sigma=False,
+                        use_scale_shift_norm=True)
+        net = ADMUNet(cfg)
+    _randomise_zeroed(net, torch.Generator().manual_seed(seed + 1))
+    card = PriorCard(name="tiny-latent-random", image_size=size, channels=channels, domain="random weights (tests)",
+                     schedule="ldm-linear", timesteps=timesteps)
+    return LatentPrior(net.eval(), card, ae, betas=ldm_linear_betas(timesteps) if timesteps != 1000 else None).eval()
+
+
+def posterior_stats(x: torch.Tensor, prior, op, y, sigma_y):
+    """K samples ``x`` against the exact Gaussian posterior: (distance of their mean to the posterior mean, its
+    Monte-Carlo scale, spread ratio, residual of the mean, residual of the prior mean); distances relative to
+    ‖m_post − μ_prior‖, what the measurement adds."""
+    mean, cov = prior.posterior(y, op, sigma_y)
+    m = x.double().mean(0, keepdim=True)
+    scale = (mean - prior.mean_value).norm()
+    mc = float((cov[0].diagonal().clamp_min(0).sum() / x.shape[0]).sqrt() / scale)
+    spread = float((x.double().var(0).sum() / cov[0].diagonal().clamp_min(1e-300).sum()).sqrt())
+    res = float((op.A((m.float() + 1) / 2) - y).norm())
+    res_prior = float((op.A(torch.full_like(m, (prior.mean_value + 1) / 2).float()) - y).norm())
+    return float((m - mean).norm() / scale), mc, spread, res, res_prior
+

@@ -9,8 +9,6 @@ with the official noise in the residual switched off (it enters the ω-term only
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -18,13 +16,12 @@ from torch import nn
 import operators
 from operators.base import Operator
 from operators.seeding import generators
-from priors.adm import ADMConfig, ADMUNet
-from priors.base import PriorCard, ldm_linear_betas
-from priors.latent import AutoencoderConfig, LatentPrior, SmallAutoencoder
+from priors.base import PriorCard
+from priors.latent import LatentPrior
 from restore.solvers import SolverError, get_solver, solve
 from restore.solvers.base import randn_like_per_image
 from restore.solvers.psld import psld_timesteps
-from solver_testing import _randomise_zeroed, gaussian_problem, run_sample, smoke_problem
+from solver_testing import gaussian_problem, run_sample, smoke_problem, tiny_latent_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,21 +72,6 @@ def gaussian_latent(spec: str, ae: nn.Module | None = None, sigma_y: float = SIG
     return gauss, prior, op, x_true, y
 
 
-def tiny_latent_prior(channels: int = 3, size: int = 16, seed: int = 0, timesteps: int = 1000) -> LatentPrior:
-    """A random LatentPrior: a tiny SmallAutoencoder (×2 down, 3 latent channels) + a tiny ADM UNet on its latents,
-    on the ldm-linear schedule with ``timesteps`` steps."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        ae = SmallAutoencoder(AutoencoderConfig(in_channels=channels, latent_channels=3, base_channels=8,
-                                                channel_mult="1,2", num_res_blocks=1)).eval()
-        cfg = ADMConfig(image_size=size // 2, in_channels=3, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-                        attention_resolutions="4", num_head_channels=32, learn_sigma=False,
-                        use_scale_shift_norm=True)
-        net = ADMUNet(cfg)
-    _randomise_zeroed(net, torch.Generator().manual_seed(seed + 1))
-    card = PriorCard(name="tiny-latent-random", image_size=size, channels=channels, domain="random weights (tests)",
-                     schedule="ldm-linear", timesteps=timesteps)
-    return LatentPrior(net.eval(), card, ae, betas=ldm_linear_betas(timesteps) if timesteps != 1000 else None).eval()
 
 
 def many(y: torch.Tensor, k: int) -> torch.Tensor:

@@ -16,8 +16,8 @@ from restore.solvers import SolverError, get_solver, solve
 from restore.solvers.base import randn_like_per_image
 from restore.solvers.ddnm import schedule_jump
 from restore.solvers.dps import space_timesteps
-from solver_testing import (GAUSSIAN_SPECS, SMOKE_SPECS, gaussian_problem, run_sample, smoke_problem,
-                            tiny_unet_prior)
+from solver_testing import (GAUSSIAN_SPECS, SMOKE_SPECS, gaussian_problem, posterior_stats, run_sample,
+                            smoke_problem, tiny_unet_prior)
 import operators
 from operators.seeding import generators
 
@@ -25,16 +25,6 @@ K = 64
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def posterior_stats(x: torch.Tensor, prior, op, y, sigma_y):
-    """(relative error of the sample mean, MC scale, spread ratio, residual of the mean, residual of the prior mean)."""
-    mean, cov = prior.posterior(y, op, sigma_y)
-    m = x.double().mean(0, keepdim=True)
-    scale = (mean - prior.mean_value).norm()
-    mc = float((cov[0].diagonal().clamp_min(0).sum() / x.shape[0]).sqrt() / scale)
-    spread = float((x.double().var(0).sum() / cov[0].diagonal().clamp_min(1e-300).sum()).sqrt())
-    res = float((op.A((m.float() + 1) / 2) - y).norm())
-    res_prior = float((op.A(torch.full_like(m, (prior.mean_value + 1) / 2).float()) - y).norm())
-    return float((m - mean).norm() / scale), mc, spread, res, res_prior
 
 
 def many(y: torch.Tensor, k: int = K) -> torch.Tensor:

@@ -50,11 +50,8 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from operators import OperatorError  # noqa: E402
-from priors.adm import ADMConfig, ADMUNet  # noqa: E402
-from priors.base import PriorCard  # noqa: E402
-from priors.latent import AutoencoderConfig, LatentPrior, SmallAutoencoder  # noqa: E402
 from restore.solvers import SOLVERS, SolverError, get_solver, solve  # noqa: E402
-from solver_testing import SMOKE_SPECS, _randomise_zeroed, smoke_problem  # noqa: E402
+from solver_testing import SMOKE_SPECS, smoke_problem, tiny_latent_prior  # noqa: E402
 
 GOLDEN = HERE / "solvers.pt"
 REGENERATE = "OMP_NUM_THREADS=1 .venv/bin/python tests/golden/make_golden.py"
@@ -108,21 +105,6 @@ def cases() -> list[Case]:
     return out
 
 
-def tiny_latent_prior(channels: int = 3, size: int = 16, seed: int = 0) -> LatentPrior:
-    """A random LatentPrior: a tiny SmallAutoencoder (×2 down, 3 latent channels) + a tiny ADM UNet on its latents
-    (as ``tests/test_solver_psld.py``, 1000 ldm-linear timesteps)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        ae = SmallAutoencoder(AutoencoderConfig(in_channels=channels, latent_channels=3, base_channels=8,
-                                                channel_mult="1,2", num_res_blocks=1)).eval()
-        cfg = ADMConfig(image_size=size // 2, in_channels=3, num_channels=32, num_res_blocks=1, channel_mult="1,2",
-                        attention_resolutions="4", num_head_channels=32, learn_sigma=False,
-                        use_scale_shift_norm=True)
-        net = ADMUNet(cfg)
-    _randomise_zeroed(net, torch.Generator().manual_seed(seed + 1))
-    card = PriorCard(name="tiny-latent-random", image_size=size, channels=channels, domain="random weights (tests)",
-                     schedule="ldm-linear")
-    return LatentPrior(net.eval(), card, ae).eval()
 
 
 def problem(case: Case):
