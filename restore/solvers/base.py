@@ -119,10 +119,10 @@ class Solver:
             need = " and ".join(NEEDS_TEXT[p] for p in problems)
             raise SolverError(f"solver '{self.name}' needs {need}, but got operator '{op.spec.family}' with prior "
                               f"'{prior.card.name}'; {self._alternative(problems)}")
-        if prior.card.channels != op.image_shape[0] and not latent:
-            raise SolverError(f"prior '{prior.card.name}' makes {prior.card.channels}-channel images but the "
-                              f"operator is for {op.image_shape[0]}-channel images; use a prior for this kind of "
-                              f"image.")
+        if prior.card.channels != op.image_shape[0]:  # a latent prior's card gives its decoded images' channels
+            raise SolverError(f"prior '{prior.card.name}' {'decodes' if latent else 'makes'} "
+                              f"{prior.card.channels}-channel images but the operator is for {op.image_shape[0]}-"
+                              f"channel images; use a prior for this kind of image.")
 
     def auto_preset(self, op: Operator, prior=None) -> str | None:
         """The preset for this operator's task when the solver has one (e.g. DPS's per-task step sizes), else

@@ -168,10 +168,6 @@ class PSLD(Solver):
 
     def check(self, op, prior) -> None:
         super().check(op, prior)
-        if prior.card.channels != op.image_shape[0]:
-            raise SolverError(f"prior '{prior.card.name}' decodes {prior.card.channels}-channel images but the "
-                              f"operator is for {op.image_shape[0]}-channel images; use a prior for this kind of "
-                              f"image.")
         if not _has_pinv(op):
             raise SolverError(f"solver 'psld' needs the pseudo-inverse A⁺ of operator '{op.spec.family}' for its "
                               f"gluing term, which it does not offer; use resample or daps, which need none.")

@@ -249,13 +249,6 @@ class ReSample(Solver):
         if not (p["dps_scale"] >= 0 and p["tol"] >= 0 and p["weight_decay"] >= 0):
             raise SolverError("resample dps_scale, tol and weight_decay must be zero or positive.")
 
-    def check(self, op, prior) -> None:
-        super().check(op, prior)
-        if prior.card.channels != op.image_shape[0]:
-            raise SolverError(f"prior '{prior.card.name}' decodes {prior.card.channels}-channel images but the "
-                              f"operator is for {op.image_shape[0]}-channel images; use a prior for this kind of "
-                              f"image.")
-
     # ----------------------------------------------------------------------------------------------------------------
     def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         with torch.enable_grad():
