@@ -117,7 +117,6 @@ class DDRM(Solver):
         seq_next = [-1] + seq[:-1]
         pairs = list(zip(reversed(seq), reversed(seq_next)))
         root = (1 - eta**2) ** 0.5
-        x0 = x
         for n_done, (t, t_next) in enumerate(pairs, 1):
             a_t, a_next = alpha(t), alpha(t_next)
             eps, _ = prior.model_output(x, torch.full((shape[0],), float(t), device=dev))
