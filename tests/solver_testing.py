@@ -157,3 +157,16 @@ def posterior_stats(x: torch.Tensor, prior, op, y, sigma_y):
     res_prior = float((op.A(torch.full_like(m, (prior.mean_value + 1) / 2).float()) - y).norm())
     return float((m - mean).norm() / scale), mc, spread, res, res_prior
 
+
+class IdentityAE(torch.nn.Module):
+    """encode = decode = identity: a latent prior whose latents are the images."""
+
+    latent_channels = 1
+    downsample = 1
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return z
+

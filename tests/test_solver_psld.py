@@ -21,7 +21,7 @@ from priors.latent import LatentPrior
 from restore.solvers import SolverError, get_solver, solve
 from restore.solvers.base import randn_like_per_image
 from restore.solvers.psld import psld_timesteps
-from solver_testing import gaussian_problem, run_sample, smoke_problem, tiny_latent_prior
+from solver_testing import IdentityAE, gaussian_problem, run_sample, smoke_problem, tiny_latent_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,17 +30,6 @@ SIGMA = 0.01   # measurement noise on [0, 1]
 
 # ---------------------------------------------------------------------------------------------------------------------
 # priors
-
-
-class IdentityAE(nn.Module):
-    latent_channels = 1
-    downsample = 1
-
-    def encode(self, x):
-        return x
-
-    def decode(self, z):
-        return z
 
 
 class OrthogonalAE(nn.Module):

@@ -22,7 +22,7 @@ from priors.latent import LatentPrior
 from restore.solvers import SolverError, get_solver, solve
 from restore.solvers.base import randn_like_per_image
 from restore.solvers.resample import ddim_timesteps, hard_dc_events, resample_variance, x0_estimates
-from solver_testing import gaussian_problem, run_sample, smoke_problem, tiny_latent_prior
+from solver_testing import IdentityAE, gaussian_problem, run_sample, smoke_problem, tiny_latent_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,19 +32,6 @@ K = 64
 
 # ---------------------------------------------------------------------------------------------------------------------
 # priors for the tests
-
-
-class IdentityAE(nn.Module):
-    """encode = decode = identity: a latent prior whose latents are the images."""
-
-    latent_channels = 1
-    downsample = 1
-
-    def encode(self, x):
-        return x
-
-    def decode(self, z):
-        return z
 
 
 def gaussian_latent(spec: str, sigma_y: float = SIGMA, seed: int = 0):

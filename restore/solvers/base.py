@@ -201,6 +201,23 @@ def randn_like_per_image(x: Tensor, rng: Sequence[torch.Generator]) -> Tensor:
     return ImageGenerators.randn_like(rng, x)
 
 
+def spectrum(op, rcond: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(s, keep, 1/s): A's singular values, the modes kept (s > rcond·max s per image; the others count as null
+    space, like the operators' truncated A⁺) and their inverses (0 off ``keep``), broadcastable to op.Vt's output."""
+    s = op.singulars()
+    smax = s.reshape(s.shape[0], -1).amax(dim=1).reshape(-1, *([1] * (s.dim() - 1)))
+    keep = s > rcond * smax
+    return s, keep, torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+
+
+def latent_shape(op, prior, device) -> tuple[int, ...]:
+    """The shape of one image's latents for a latent prior (from the prior, or by encoding a zero image)."""
+    if hasattr(prior, "latent_shape"):
+        return tuple(prior.latent_shape(tuple(op.image_shape[1:])))
+    with torch.no_grad():
+        return tuple(prior.encode(torch.zeros((1, *op.image_shape), device=device)).shape[1:])
+
+
 def measurement_pm1(y: Tensor, op) -> Tensor:
     """The measurement in the official [-1, 1] variables for a linear operator: ỹ = 2y − A(1), so that
     A(x₋₁) − ỹ = 2(A((x₋₁+1)/2) − y)."""

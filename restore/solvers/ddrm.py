@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1
+from .base import Solver, SolverError, measurement_pm1, spectrum
 from .ddnm import _real
 from .dps import alphas_cumprod64
 
@@ -96,11 +96,7 @@ class DDRM(Solver):
         shape = (y.shape[0], c, *op.image_shape[1:])
         dev = y.device
         y_pm1 = measurement_pm1(y, op)
-        s = op.singulars()
-        smax = s.reshape(s.shape[0], -1).amax(dim=1).reshape(-1, *([1] * (s.dim() - 1)))
-        keep = s > float(p["rcond"]) * smax                                     # s_i > 0
-        s_safe = torch.where(keep, s, torch.ones_like(s))
-        inv_s = torch.where(keep, 1.0 / s_safe, torch.zeros_like(s))
+        s, keep, inv_s = spectrum(op, float(p["rcond"]))                        # keep: s_i > 0
         y_bar = op.Ut(y_pm1) * inv_s                                            # ȳ = diag(s)⁻¹ Uᵀ y
         nsr = sigma_y * inv_s                                                   # σ_y / s_i (0 off the range)
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, task_of
+from .base import Solver, SolverError, spectrum, task_of
 from .ddnm import _real
 from .dps import alphas_cumprod64
 
@@ -121,9 +121,7 @@ class DiffPIR(Solver):
     def _prox(self, y: Tensor, op):
         """x₀ ↦ argmin_x ‖y − A x‖² + ρ‖x − x₀‖² on [0, 1] images."""
         if getattr(op, "has_svd", False):
-            s = op.singulars()
-            smax = s.reshape(s.shape[0], -1).amax(dim=1).reshape(-1, *([1] * (s.dim() - 1)))
-            keep = s > float(self.params["rcond"]) * smax
+            s, keep, _ = spectrum(op, float(self.params["rcond"]))
             s_uy = op.Ut(y) * s
 
             def svd_step(x0: Tensor, rho: float) -> Tensor:

@@ -71,7 +71,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, to01
+from .base import Solver, SolverError, measurement_pm1, spectrum, to01
 from .ddnm import _real
 from .dps import alphas_cumprod64
 
@@ -150,10 +150,7 @@ class PiGDM(Solver):
     # ------------------------------------------------------------------------------------------------------------
     def _spectral(self, y_pm1: Tensor, op, sigma_y: float):
         """(A⁺y₋₁, guide) with A's SVD: guide(x̂₀, r²) = V[s²/(s² + σ_y²/r²) ⊙ (Uᵀy₋₁/s − Vᵀx̂₀)] on s > rcond·max s."""
-        s = op.singulars()
-        smax = s.reshape(s.shape[0], -1).amax(dim=1).reshape(-1, *([1] * (s.dim() - 1)))
-        keep = s > float(self.params["rcond"]) * smax                          # s_i > 0 (range of Aᵀ)
-        inv_s = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+        s, keep, inv_s = spectrum(op, float(self.params["rcond"]))            # keep: s_i > 0 (range of Aᵀ)
         c_y = op.Ut(y_pm1) * inv_s                                             # Vᵀ A⁺ y₋₁
         pinv_y = _real(op.V(c_y))
 

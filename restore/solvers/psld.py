@@ -86,7 +86,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import (NORMALISE, Solver, SolverError, batch_norm, data_term_scale, to01,
+from .base import (NORMALISE, Solver, SolverError, batch_norm, data_term_scale, latent_shape, to01,
                    to_pm1)
 from .dps import alphas_cumprod64
 
@@ -192,7 +192,7 @@ class PSLD(Solver):
         with torch.no_grad():
             pinv_y = op.A_pinv(y)                                     # A⁺y, on [0, 1]
 
-        z = rng.randn((B, *self._latent_shape(op, prior, y.device)), device=y.device)
+        z = rng.randn((B, *latent_shape(op, prior, y.device)), device=y.device)
         for i in reversed(range(n)):
             a_t, a_prev = alphas[i], alphas_prev[i]
             z_in = z.detach().requires_grad_(True)
@@ -222,9 +222,3 @@ class PSLD(Solver):
         with torch.no_grad():
             return prior.decode(z)
 
-    @staticmethod
-    def _latent_shape(op, prior, device) -> tuple[int, ...]:
-        if hasattr(prior, "latent_shape"):
-            return tuple(prior.latent_shape(tuple(op.image_shape[1:])))
-        with torch.no_grad():
-            return tuple(prior.encode(torch.zeros((1, *op.image_shape), device=device)).shape[1:])

@@ -100,7 +100,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, batch_norm, measurement_pm1, to01
+from .base import Solver, SolverError, batch_norm, latent_shape, measurement_pm1, to01
 from .dps import alphas_cumprod64
 
 
@@ -267,7 +267,7 @@ class ReSample(Solver):
         tol = self._tolerance(y, op)
         data = _Data(y, op, prior)
 
-        z = rng.randn((B, *self._latent_shape(op, prior, y.device)), device=y.device)
+        z = rng.randn((B, *latent_shape(op, prior, y.device)), device=y.device)
         for i in range(n):
             index = n - 1 - i
             a_t, a_prev = alphas[index], alphas_prev[index]
@@ -341,12 +341,6 @@ class ReSample(Solver):
             tol = torch.maximum(tol, (2 * sigma) ** 2 * _data_fraction(op, y))
         return tol
 
-    @staticmethod
-    def _latent_shape(op, prior, device) -> tuple[int, ...]:
-        if hasattr(prior, "latent_shape"):
-            return tuple(prior.latent_shape(tuple(op.image_shape[1:])))
-        with torch.no_grad():
-            return tuple(prior.encode(torch.zeros((1, *op.image_shape), device=device)).shape[1:])
 
 
 class _Data:
