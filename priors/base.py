@@ -46,6 +46,33 @@ def cosine_betas(T: int = 1000, s: float = 0.008) -> Tensor:
 SCHEDULES = {"linear": linear_betas, "ldm-linear": ldm_linear_betas, "cosine": cosine_betas}
 
 
+def log_sigmas(alphas_cumprod: Tensor) -> Tensor:
+    """log σ_t = ½ log((1−ᾱ_t)/ᾱ_t) for t = 0 … T−1 (float64, increasing): the VP schedule seen in σ space."""
+    a = alphas_cumprod.double()
+    return 0.5 * torch.log((1 - a) / a)
+
+
+def t_of_sigma(log_sigma_table: Tensor, sigma: Tensor) -> Tensor:
+    """Fractional timestep whose σ_t equals ``sigma`` (linear in log σ between schedule points, clamped to
+    [0, T−1])."""
+    T = log_sigma_table.numel()
+    log_s = torch.as_tensor(sigma, dtype=torch.float64, device=log_sigma_table.device).log()
+    log_s = log_s.clamp(log_sigma_table[0], log_sigma_table[-1])
+    idx = torch.searchsorted(log_sigma_table, log_s.reshape(-1)).clamp(1, T - 1).reshape(log_s.shape)
+    lo, hi = log_sigma_table[idx - 1], log_sigma_table[idx]
+    frac = (log_s - lo) / (hi - lo)
+    return (idx - 1 + frac).float()
+
+
+def sigma_of_t(log_sigma_table: Tensor, t: Tensor) -> Tensor:
+    """σ at (possibly fractional) timestep t, the inverse of ``t_of_sigma`` (float32)."""
+    T = log_sigma_table.numel()
+    t = torch.as_tensor(t, dtype=torch.float64, device=log_sigma_table.device).clamp(0, T - 1)
+    lo = t.floor().long().clamp(max=T - 2)
+    frac = t - lo
+    return ((1 - frac) * log_sigma_table[lo] + frac * log_sigma_table[lo + 1]).exp().float()
+
+
 class DiffusionPrior(nn.Module):
     """An ε-prediction network ``net(x_t, t)`` on a discrete VP schedule, with both views described above.
 
@@ -71,8 +98,7 @@ class DiffusionPrior(nn.Module):
         # float64 copy: compute coefficients such as √(1−ᾱ) from it, then cast (as guided-diffusion does in numpy)
         self.register_buffer("alphas_cumprod64", alphas_cumprod, persistent=False)
         # σ_t = √((1−ᾱ_t)/ᾱ_t), increasing in t; kept in float64 for the σ → t interpolation
-        self.register_buffer("_log_sigmas", (0.5 * torch.log((1 - alphas_cumprod) / alphas_cumprod)),
-                             persistent=False)
+        self.register_buffer("_log_sigmas", log_sigmas(alphas_cumprod), persistent=False)
 
     # ------------------------------------------------------------------------------------------------------------
     @property
@@ -101,18 +127,10 @@ class DiffusionPrior(nn.Module):
     def t_of_sigma(self, sigma: Tensor) -> Tensor:
         """Fractional timestep whose σ_t equals ``sigma`` (linear in log σ between schedule points, clamped to
         [0, T−1])."""
-        log_s = torch.as_tensor(sigma, dtype=torch.float64, device=self._log_sigmas.device).log()
-        log_s = log_s.clamp(self._log_sigmas[0], self._log_sigmas[-1])
-        idx = torch.searchsorted(self._log_sigmas, log_s.reshape(-1)).clamp(1, self.T - 1).reshape(log_s.shape)
-        lo, hi = self._log_sigmas[idx - 1], self._log_sigmas[idx]
-        frac = (log_s - lo) / (hi - lo)
-        return (idx - 1 + frac).float()
+        return t_of_sigma(self._log_sigmas, sigma)
 
     def sigma_of_t(self, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64, device=self._log_sigmas.device).clamp(0, self.T - 1)
-        lo = t.floor().long().clamp(max=self.T - 2)
-        frac = t - lo
-        return ((1 - frac) * self._log_sigmas[lo] + frac * self._log_sigmas[lo + 1]).exp().float()
+        return sigma_of_t(self._log_sigmas, t)
 
     # ------------------------------------------------------------------------------------------------------------
     # discrete VP view

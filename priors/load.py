@@ -114,6 +114,15 @@ def load_prior_file(path: "str | Path", config: ADMConfig | None = None, card: P
     if config is None and "adm" in metadata:
         config = ADMConfig.from_dict(json.loads(metadata["adm"]))
     net = load_adm(tensors, config, str(path))
+    if card is not None and card.parameterisation == "edm":  # trained with --precond edm: the wrapper gives ε̂
+        from .base import SCHEDULES
+        from .precond import SIGMA_DATA, EDMPrecond
+
+        betas = SCHEDULES[card.schedule](card.timesteps)
+        net = EDMPrecond(net, torch.cumprod(1 - betas, 0), float(card.extra.get("sigma_data", SIGMA_DATA)))
+    elif card is not None and card.parameterisation != "eps":
+        raise PriorError(f"prior '{card.name}' has parameterisation '{card.parameterisation}'; restore reads 'eps' "
+                         f"and 'edm' priors: convert it or check its model card.")
     if card is None:
         card = PriorCard(name=path.stem, image_size=None, channels=net.cfg.in_channels, domain="unknown",
                          learned_variance=net.cfg.learn_sigma, architecture={"kind": "adm", **net.cfg.to_dict()})

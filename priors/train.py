@@ -1,4 +1,6 @@
-"""Training our own pixel priors (``restore prior train``): an ADM UNet with ε-prediction on the DDPM linear schedule.
+"""Training our own pixel priors (``restore prior train``): an ADM UNet on a discrete VP schedule, trained either
+with DDPM's ε-prediction loss (``precond="ddpm"``, uniform timesteps) or with EDM's preconditioning, log-normal noise
+levels and loss weighting (``precond="edm"``, ``priors.precond``); either way the result is an ε-network for the solvers.
 
 Data: a folder of images, read once into memory (uint8/uint16), then random crops or resizes and horizontal flips
 per batch. Optimisation: AdamW with linear warm-up, gradient clipping, an EMA of the weights (the EMA is what ships).
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from .adm import ADMConfig, ADMUNet
 from .configs import ARCHITECTURES  # noqa: F401  (re-exported: restore prior train --arch)
 from .base import SCHEDULES, PriorCard, PriorError, sha256_file
+from .precond import SIGMA_DATA, EDMPrecond
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -55,6 +58,7 @@ class TrainConfig:
     schedule: str = "linear"             # key of priors.base.SCHEDULES (latent priors: "ldm-linear")
     lr_schedule: str = "constant"        # constant | cosine (to 0 at `steps`, after the warm-up)
     init: str = ""                       # start from this prior's weights (name or file): fine-tuning
+    precond: str = "ddpm"                # ddpm (ε-prediction, uniform t) | edm (Karras et al. 2022; priors.precond)
 
     def adm_config(self) -> ADMConfig:
         args = ARCHITECTURES[self.arch] if self.arch in ARCHITECTURES else json.loads(self.arch)
@@ -206,7 +210,7 @@ class TrainingData(Protocol):
 
 @dataclasses.dataclass
 class FitResult:
-    ema: ADMUNet                 # the EMA weights (what ships)
+    ema: torch.nn.Module         # the EMA network (what ships: its ADM UNet, ``core(ema)``)
     adm: ADMConfig
     step: int
     seconds: float               # training time over all resumed chunks
@@ -265,6 +269,11 @@ def initial_weights(cfg: TrainConfig, adm: ADMConfig) -> tuple[dict[str, torch.T
 
     prior = resolve(cfg.init)
     net = getattr(prior, "net", None)
+    if prior.card.parameterisation != _PARAMETERISATION[cfg.precond]:
+        raise PriorError(f"--init '{cfg.init}' was trained with parameterisation '{prior.card.parameterisation}'; "
+                         f"fine-tune it with --precond {_PRECOND_OF[prior.card.parameterisation]}, or train from "
+                         f"scratch.")
+    net = getattr(net, "net", net) if cfg.precond == "edm" else net
     if not isinstance(net, _ADM) or prior.card.latent:
         raise PriorError(f"--init '{cfg.init}' is not a pixel-space ADM prior; fine-tuning starts from one such as "
                          f"faces64.")
@@ -279,23 +288,45 @@ def initial_weights(cfg: TrainConfig, adm: ADMConfig) -> tuple[dict[str, torch.T
                        init_train_seconds=extra.get("train_seconds"))
 
 
+#: the model card's parameterisation for each --precond, and back
+_PARAMETERISATION = {"ddpm": "eps", "edm": "edm"}
+_PRECOND_OF = {v: k for k, v in _PARAMETERISATION.items()}
+
+
+def make_network(adm: ADMConfig, precond: str, schedule: str) -> torch.nn.Module:
+    """The trainable network: the ADM UNet itself (ddpm: it predicts ε), or wrapped in EDM's preconditioning
+    (edm: its forward still gives ε̂ on the schedule)."""
+    net = ADMUNet(adm)
+    if precond == "edm":
+        return EDMPrecond(net, torch.cumprod(1 - SCHEDULES[schedule](1000), 0))
+    return net
+
+
+def core(model: torch.nn.Module) -> ADMUNet:
+    """The ADM UNet inside a (possibly preconditioned) network: what checkpoints and weight files hold."""
+    return model if isinstance(model, ADMUNet) else model.net
+
+
 def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print,
-        on_step: Callable[[int, float, float], None] | None = None) -> FitResult:
-    """The ε-prediction training loop on ``data`` with the ``cfg.schedule`` VP schedule: resumes from and writes
-    checkpoints in the work dir; returns the EMA model. ``train`` runs it on an image folder, ``priors.latent_train`` on
-    the latents of an autoencoder."""
+        on_step: Callable[[int, float, float], None] | None = None, stop_at: int | None = None) -> FitResult:
+    """The training loop on ``data`` with the ``cfg.schedule`` VP schedule (``cfg.precond``: DDPM's ε loss or EDM's):
+    resumes from and writes checkpoints in the work dir; returns the EMA model. ``stop_at`` ends this chunk early
+    (a checkpoint is written there) without changing the run's learning-rate schedule, which is set by ``cfg.steps``.
+    ``train`` runs it on an image folder, ``priors.latent_train`` on the latents of an autoencoder."""
     if cfg.schedule not in SCHEDULES:
         raise PriorError(f"unknown schedule '{cfg.schedule}'; use one of {', '.join(SCHEDULES)}.")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise PriorError(f"unknown learning-rate schedule '{cfg.lr_schedule}'; use one of {', '.join(LR_SCHEDULES)}.")
+    if cfg.precond not in _PARAMETERISATION:
+        raise PriorError(f"unknown preconditioning '{cfg.precond}'; use one of {', '.join(_PARAMETERISATION)}.")
     device = pick_device(cfg.device)
     work = Path(cfg.work_dir or Path.home() / ".cache" / "restore" / "train" / cfg.name)
     work.mkdir(parents=True, exist_ok=True)
     ckpt_path = work / "checkpoint.pt"
     adm = cfg.adm_config()
     torch.manual_seed(cfg.seed)  # the initial weights come from the run's seed too
-    model = ADMUNet(adm).to(device)
-    ema = ADMUNet(adm).to(device)
+    model = make_network(adm, cfg.precond, cfg.schedule).to(device)
+    ema = make_network(adm, cfg.precond, cfg.schedule).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -303,16 +334,16 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
     step, seconds_before, init_info = 0, 0.0, {}
     if cfg.init and not ckpt_path.exists():
         state, init_info = initial_weights(cfg, adm)
-        model.load_state_dict(state)
-        ema.load_state_dict(state)
+        core(model).load_state_dict(state)
+        core(ema).load_state_dict(state)
         log(f"starting from the weights of {cfg.init}")
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state["adm"] != adm.to_dict():
-            raise PriorError(f"the checkpoint in {work} is for another architecture; remove it or pick another "
-                             f"--work-dir.")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        if state["adm"] != adm.to_dict() or state.get("precond", "ddpm") != cfg.precond:
+            raise PriorError(f"the checkpoint in {work} is for another architecture or preconditioning; remove it or "
+                             f"pick another --work-dir.")
+        core(model).load_state_dict(state["model"])
+        core(ema).load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         g.set_state(state["rng"])
         step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
@@ -326,17 +357,20 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
     t0 = time.perf_counter()
     seen = 0
     model.train()
-    while step < cfg.steps:
+    end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    while step < end:
         x0 = data.batch(cfg.batch_size, g).to(device, non_blocking=True)
-        t = torch.randint(0, 1000, (cfg.batch_size,), generator=g).to(device)
-        eps = torch.randn(x0.shape, generator=g).to(device)
-        a = ab[t].reshape(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            pred = model(x_t, t.float())
-        loss = F.mse_loss(pred.float(), eps)
+            if cfg.precond == "edm":
+                loss = model.loss(x0, g)
+            else:
+                t = torch.randint(0, 1000, (cfg.batch_size,), generator=g).to(device)
+                eps = torch.randn(x0.shape, generator=g).to(device)
+                a = ab[t].reshape(-1, 1, 1, 1)
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+                loss = F.mse_loss(model(x_t, t.float()).float(), eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -350,10 +384,10 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
         elapsed = time.perf_counter() - t0
         if on_step:
             on_step(step, float(loss.detach()), seen / max(elapsed, 1e-9))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _atomic_save(dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), rng=g.get_state(),
-                              step=step, adm=adm.to_dict(), seconds=seconds_before + elapsed, init_info=init_info),
-                         ckpt_path)
+        if step % cfg.checkpoint_every == 0 or step == end:
+            _atomic_save(dict(model=core(model).state_dict(), ema=core(ema).state_dict(), opt=opt.state_dict(),
+                              rng=g.get_state(), step=step, adm=adm.to_dict(), seconds=seconds_before + elapsed,
+                              init_info=init_info, precond=cfg.precond), ckpt_path)
     total_seconds = seconds_before + (time.perf_counter() - t0)
     return FitResult(ema=ema, adm=adm, step=step, seconds=total_seconds, device=device, init_info=init_info)
 
@@ -366,7 +400,7 @@ def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, se
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{cfg.name}.safetensors"
     dtype = torch.float16 if cfg.fp16_weights else torch.float32
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in ema.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in core(ema).state_dict().items()}
     save_safetensors(tensors, weights, metadata={"format": "restore-adm", "adm": json.dumps(adm.to_dict())})
     # a fully convolutional network trained on random crops restores images of any size its downsampling divides;
     # its native size (the scale of the anatomy / the unconditional samples) is that of the images it was cut from
@@ -374,9 +408,11 @@ def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, se
     card = PriorCard(
         name=cfg.name, image_size=(native_size or cfg.size) if any_size else cfg.size, channels=cfg.channels,
         domain=cfg.domain, schedule=cfg.schedule,
-        timesteps=1000, parameterisation="eps", learned_variance=False, training_data=cfg.training_data,
+        timesteps=1000, parameterisation=_PARAMETERISATION[cfg.precond], learned_variance=False,
+        training_data=cfg.training_data,
         licence=cfg.licence, sha256=sha256_file(weights), architecture={"kind": "adm", **adm.to_dict()},
         extra=dict(steps=step, batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule=cfg.lr_schedule, ema=cfg.ema,
+                   precond=cfg.precond, **({"sigma_data": SIGMA_DATA} if cfg.precond == "edm" else {}),
                    crop=cfg.crop, **(init_info or {}),
                    images=n_images, load_size=cfg.load_size, train_size=cfg.size, any_size=any_size,
                    weights_dtype=str(dtype).replace("torch.", ""), value_map=cfg.value_map,

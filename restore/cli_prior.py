@@ -67,6 +67,8 @@ def prior_train(
     init: str = typer.Option("", "--init", help="fine-tune: start from this prior's weights (a name or a file with "
                              "the same --arch and --channels)"),
     ema: float = typer.Option(0.999, "--ema", help="EMA decay of the shipped weights"),
+    precond: str = typer.Option("ddpm", "--precond", help="ddpm (ε-prediction, uniform timesteps) or edm (Karras et "
+                                "al. 2022 preconditioning, log-normal noise levels, loss weighting); pixel priors"),
     checkpoint_every: int = typer.Option(250, "--checkpoint-every", help="steps between resumable checkpoints"),
     work_dir: str = typer.Option("", "--work-dir", help="checkpoint folder (default ~/.cache/restore/train/NAME)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
@@ -99,6 +101,10 @@ def prior_train(
         raise PriorError(f"--crop must be resize or random, got '{crop}'.")
     if lr_schedule not in ("constant", "cosine"):
         raise PriorError(f"--lr-schedule must be constant or cosine, got '{lr_schedule}'.")
+    if precond not in ("ddpm", "edm"):
+        raise PriorError(f"--precond must be ddpm or edm, got '{precond}'.")
+    if precond == "edm" and latent:
+        raise PriorError("--precond edm is for pixel priors; train latent priors with --precond ddpm.")
     if arch not in ARCHITECTURES and not arch.strip().startswith("{"):
         raise PriorError(f"unknown --arch '{arch}'; use one of {', '.join(ARCHITECTURES)} or a JSON dict.")
     if not data.is_dir():
@@ -115,7 +121,7 @@ def prior_train(
                       steps=steps, batch_size=batch_size, lr=lr, ema=ema, checkpoint_every=checkpoint_every,
                       work_dir=work_dir, device=device, max_images=max_images, domain=domain,
                       training_data=training_data, licence=licence, value_map=value_map, seed=seed,
-                      load_size=load_size, lr_schedule=lr_schedule, init=init)
+                      load_size=load_size, lr_schedule=lr_schedule, init=init, precond=precond)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   "{task.fields[info]}", TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task(f"training {name}", total=steps, info="")

@@ -1,0 +1,135 @@
+"""Training recipes side by side: each candidate trains the same architecture on the same data for the same number
+of images seen, and at every evaluation point its denoiser PSNR on held-out images is measured at
+σ ∈ {0.05, 0.1, 0.2, 0.4, 1.0} (on the [0, 1] scale; the prior sees 2σ on [-1, 1]), for the EMA weights (what ships)
+and the raw weights, with the training seconds so far.
+
+Candidates (``--candidates``, comma-separated; ``CANDIDATES`` below):
+  ddpm         today's recipe: ε-prediction, uniform timesteps, constant lr after warm-up, EMA 0.999
+  ddpm-cosine  the same with a cosine learning-rate decay to 0 at the last step
+  edm          EDM preconditioning, log-normal noise levels and loss weighting (Karras et al. 2022; priors.precond)
+  edm-cosine   both
+
+Every candidate is one resumable ``priors.train.fit`` run in ``--work/NAME`` (chunks of ``--eval-every`` steps); the
+results JSON is rewritten after every evaluation and finished points are skipped, so the script is run again to go
+on after an interruption. The noise of every evaluation is fixed (one generator per σ), the same for all candidates.
+
+Usage (the figures in docs/priors.md)::
+
+    OMP_NUM_THREADS=1 python benchmarks/train_recipes.py --data ../shared/data/train/faces64 \\
+        --test ../shared/data/test/faces64 --arch cpu64 --size 64 --steps 800 --eval-every 200 \\
+        --json docs/priors/recipes_faces64.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from priors.base import DiffusionPrior, PriorCard  # noqa: E402
+from priors.train import ImageFolder, TrainConfig, core, fit, make_network  # noqa: E402
+
+SIGMAS = (0.05, 0.1, 0.2, 0.4, 1.0)
+CANDIDATES = {
+    "ddpm": {},
+    "ddpm-cosine": {"lr_schedule": "cosine"},
+    "edm": {"precond": "edm"},
+    "edm-cosine": {"precond": "edm", "lr_schedule": "cosine"},
+}
+
+
+@torch.no_grad()
+def denoiser_psnr(net: torch.nn.Module, cfg: TrainConfig, clean01: torch.Tensor, batch: int = 32) -> dict[str, float]:
+    """Mean PSNR (dB) of D(x + σn, σ), clamped to [0, 1], against x for each σ of SIGMAS."""
+    from restore.metrics import psnr
+
+    card = PriorCard(name="candidate", image_size=cfg.size, channels=cfg.channels, domain="", schedule=cfg.schedule)
+    prior = DiffusionPrior(net.eval(), card)
+    out = {}
+    for sigma in SIGMAS:
+        g = torch.Generator().manual_seed(int(sigma * 1e4))
+        noisy = clean01 + sigma * torch.randn(clean01.shape, generator=g)
+        den = torch.cat([prior.denoise(noisy[i:i + batch] * 2 - 1, 2 * sigma) for i in range(0, len(noisy), batch)])
+        den = ((den + 1) / 2).clamp(0, 1)
+        out[str(sigma)] = float(np.mean([psnr(d, c) for d, c in zip(den, clean01)]))
+    return out
+
+
+def weights_at(cfg: TrainConfig, work: Path, which: str) -> tuple[torch.nn.Module, int, float]:
+    """The EMA ("ema") or raw ("model") network of the candidate's latest checkpoint, its step and seconds."""
+    state = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=True)
+    net = make_network(cfg.adm_config(), cfg.precond, cfg.schedule)
+    core(net).load_state_dict(state[which])
+    return net, int(state["step"]), float(state["seconds"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="training images")
+    ap.add_argument("--test", required=True, help="held-out images for the denoiser PSNR")
+    ap.add_argument("--candidates", default=",".join(CANDIDATES))
+    ap.add_argument("--arch", default="cpu64")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--crop", default="resize")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--test-limit", type=int, default=64)
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "restore" / "recipes"))
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unknown = [c for c in args.candidates.split(",") if c not in CANDIDATES]
+    if unknown:
+        sys.exit(f"unknown candidate(s) {', '.join(unknown)}; use {', '.join(CANDIDATES)}.")
+
+    out_path = Path(args.json)
+    results = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    results.setdefault("setup", dict(data=args.data, test=args.test, arch=args.arch, size=args.size,
+                                     batch_size=args.batch_size, lr=args.lr, steps=args.steps, sigmas=SIGMAS,
+                                     test_images=args.test_limit, threads=torch.get_num_threads()))
+    test = ImageFolder(args.test, args.size, args.channels, "resize", max_images=args.test_limit)
+    clean01 = (test.fixed() + 1) / 2
+    data = ImageFolder(args.data, args.size, args.channels, args.crop)
+    print(f"{len(data)} training images, {len(clean01)} test images", flush=True)
+
+    for name in args.candidates.split(","):
+        cfg = TrainConfig(data=args.data, name=name, out="", size=args.size, channels=args.channels, arch=args.arch,
+                          crop=args.crop, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          checkpoint_every=args.eval_every, work_dir=str(Path(args.work) / name), device="cpu",
+                          **CANDIDATES[name])
+        rows = results.setdefault("candidates", {}).setdefault(name, {"recipe": dataclasses.asdict(cfg), "points": []})
+        done = {p["step"] for p in rows["points"]}
+        for stop in range(args.eval_every, args.steps + 1, args.eval_every):
+            if stop in done:
+                continue
+            t0 = time.perf_counter()
+            fit(cfg, data, log=lambda m: print(f"[{name}] {m}", flush=True), stop_at=stop)
+            point = {"step": stop, "images_seen": stop * args.batch_size}
+            for which in ("ema", "model"):
+                net, step, seconds = weights_at(cfg, Path(cfg.work_dir), which)
+                point["train_seconds"] = round(seconds, 1)
+                point["ema" if which == "ema" else "raw"] = denoiser_psnr(net, cfg, clean01)
+            rows["points"].append(point)
+            tmp = out_path.with_name(out_path.name + ".part")
+            tmp.write_text(json.dumps(results, indent=1) + "\n")
+            os.replace(tmp, out_path)
+            print(f"[{name}] step {stop} ({time.perf_counter() - t0:.0f} s): EMA "
+                  + " ".join(f"{s}:{v:.2f}" for s, v in point["ema"].items())
+                  + " | raw " + " ".join(f"{s}:{v:.2f}" for s, v in point["raw"].items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
