@@ -18,6 +18,7 @@ Latent priors add ``encode``/``decode`` and expose the same views in latent spac
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,50 @@ def sigma_of_t(log_sigma_table: Tensor, t: Tensor) -> Tensor:
     return ((1 - frac) * log_sigma_table[lo] + frac * log_sigma_table[lo + 1]).exp().float()
 
 
+def tile_spans(n: int, tile: int, overlap: int, multiple: int = 1) -> tuple[list[int], int]:
+    """Where tiles start along a side of ``n`` pixels, and their common length: the fewest tiles of at most ``tile``
+    (rounded up to ``multiple``) that cover the side with neighbours overlapping by at least ``overlap``, spread
+    evenly. A side of at most ``tile`` is one tile."""
+    if n <= tile:
+        return [0], n
+    k = math.ceil((n - overlap) / (tile - overlap))
+    length = math.ceil((n + (k - 1) * overlap) / k)
+    length = min(n, -(-length // multiple) * multiple)
+    return [round(i * (n - length) / (k - 1)) for i in range(k)], length
+
+
+def _ramp(length: int, start: int, n: int, overlap: int, like: Tensor) -> Tensor:
+    """A tile's 1-D blending weight: rising linearly over ``overlap`` pixels at an edge inside the image, flat at
+    an edge on the image border."""
+    i = torch.arange(length, device=like.device, dtype=like.dtype)
+    w = torch.ones(length, device=like.device, dtype=like.dtype)
+    if start > 0:
+        w = torch.minimum(w, (i + 1) / (overlap + 1))
+    if start + length < n:
+        w = torch.minimum(w, (length - i) / (overlap + 1))
+    return w
+
+
+def tiled(f: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int, multiple: int = 1) -> Tensor:
+    """f applied to overlapping tiles of x (B, C, H, W) and blended: Σ w_k f(x_k) / Σ w_k with ``_ramp`` windows, so
+    no seam shows where tiles meet; memory is that of one tile. f may change the channel count, not the size."""
+    h, w = x.shape[-2:]
+    rows, th = tile_spans(h, tile, overlap, multiple)
+    cols, tw = tile_spans(w, tile, overlap, multiple)
+    out = weight = None
+    for top in rows:
+        wy = _ramp(th, top, h, overlap, x)
+        for left in cols:
+            piece = f(x[..., top:top + th, left:left + tw])
+            win = wy[:, None] * _ramp(tw, left, w, overlap, x)[None, :]
+            if out is None:
+                out = piece.new_zeros((piece.shape[0], piece.shape[1], h, w))
+                weight = piece.new_zeros((h, w))
+            out[..., top:top + th, left:left + tw] += piece * win
+            weight[top:top + th, left:left + tw] += win
+    return out / weight
+
+
 class DiffusionPrior(nn.Module):
     """An ε-prediction network ``net(x_t, t)`` on a discrete VP schedule, with both views described above.
 
@@ -93,6 +138,13 @@ class DiffusionPrior(nn.Module):
                 raise PriorError(f"prior '{card.name}': the schedule needs {card.timesteps} betas in (0, 1), got "
                                  f"{betas.numel()}{got}; check the scheduler config.")
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        #: how the network is evaluated (``restore.acceleration.prepare`` sets these): the largest tile side for big
+        #: images (None: whole images) and the tiles' overlap, channels-last memory order, autocast dtype
+        self.tile: int | None = None
+        self.tile_overlap = 32
+        self.channels_last = False
+        self.autocast_dtype: torch.dtype | None = None
+        self.evaluations = 0
         self.register_buffer("betas", betas.float(), persistent=False)
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
         # float64 copy: compute coefficients such as √(1−ᾱ) from it, then cast (as guided-diffusion does in numpy)
@@ -135,23 +187,40 @@ class DiffusionPrior(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     # discrete VP view
     def model_output(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(ε̂, v): the network's noise prediction and, when it has them, the variance channels v ∈ [-1, 1]."""
+        """(ε̂, v): the network's noise prediction and, when it has them, the variance channels v ∈ [-1, 1].
+
+        An image with a side over ``tile`` (set by ``restore.acceleration.prepare`` for any-size convolutional
+        priors) is evaluated in overlapping tiles blended with linear ramps (``tiled``), so memory stays bounded;
+        ``evaluations`` counts calls of this method (one per batch, however many tiles)."""
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
-        h, w = x_t.shape[-2:]
-        pad_h, pad_w = (-h) % self.size_multiple, (-w) % self.size_multiple
-        if pad_h or pad_w:  # reflect-pad to the network's multiple (half on each side) and crop the output back
-            top, left = pad_h // 2, pad_w // 2
-            x_t = F.pad(x_t, (left, pad_w - left, top, pad_h - top), mode="reflect" if min(h, w) > max(pad_h, pad_w)
-                        else "replicate")
-            out = self.net(x_t, t)[..., top:top + h, left:left + w]
+        self.evaluations += 1
+        if self.tile and max(x_t.shape[-2:]) > self.tile:
+            out = tiled(lambda piece: self._evaluate(piece, t), x_t, self.tile, self.tile_overlap, self.size_multiple)
         else:
-            out = self.net(x_t, t)
+            out = self._evaluate(x_t, t)
         c = x_t.shape[1]
         if out.shape[1] == 2 * c:
             return out[:, :c], out[:, c:]
         return out, None
+
+    def _evaluate(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network on x_t: reflect-padded to its size multiple (half on each side) and cropped back, in
+        channels-last memory order and under autocast when those are set; float32, contiguous."""
+        h, w = x_t.shape[-2:]
+        pad_h, pad_w = (-h) % self.size_multiple, (-w) % self.size_multiple
+        top, left = pad_h // 2, pad_w // 2
+        if pad_h or pad_w:
+            x_t = F.pad(x_t, (left, pad_w - left, top, pad_h - top), mode="reflect" if min(h, w) > max(pad_h, pad_w)
+                        else "replicate")
+        if self.channels_last:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x_t.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            out = self.net(x_t, t)
+        out = out[..., top:top + h, left:left + w] if (pad_h or pad_w) else out
+        return out.float().contiguous()
 
     def tweedie_vp(self, x_t: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
         """x̂₀ = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t at (possibly fractional) timestep t."""

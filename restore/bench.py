@@ -13,7 +13,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import operators
 from operators import Noise
@@ -22,6 +22,9 @@ from .degrade import degrade_one, image_seed
 from .io import RestoreError, find_images, load_image, preview, save_image, to_uint8, write_json
 from .solve import Job, check_counts, run
 from .solvers.base import SolverError, check_estimate
+
+if TYPE_CHECKING:
+    from .acceleration import Acceleration
 
 COLUMNS = ["image", "operator", "solver", "preset", "psnr", "ssim", "lpips", "rel_l2", "misfit", "noise_level",
            "seconds", "nfe", "status", "output"]
@@ -65,7 +68,8 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
           limit: int = 0, preset: str | None = None, steps: int | None = None, seed: int = 0,
           shard: str | None = None, batch_size: int = 1, device: str = "auto", lpips_weights: str | None = None,
           progress: Callable[[str, int, int], None] | None = None, baselines: str = "auto",
-          threads: int = 0, samples: Sequence[int] = (1,), estimate: str = "mean") -> list[dict]:
+          threads: int = 0, samples: Sequence[int] = (1,), estimate: str = "mean",
+          accel: "Acceleration | None" = None) -> list[dict]:
     """Every solver label (``name`` or ``name:preset``) and the classical baselines on every operator, beside pinv.
 
     ``baselines``: "auto" (every baseline that takes the task), "none", or a comma-separated list. ``limit`` takes
@@ -125,7 +129,7 @@ def bench(images: list[str], specs: list[str], solvers: list[str], prior: str, o
                                       preset=None if is_baseline else (label_preset or preset),
                                       steps=None if is_baseline else steps, samples=k, estimate=estimate,
                                       batch_size=batch_size, device=device, overwrite=False,
-                                      lpips_weights=lpips_weights, progress=progress)
+                                      lpips_weights=lpips_weights, progress=progress, accel=accel)
                 except SolverError as exc:  # refused before any work (e.g. DDNM on a blur without an SVD): said
                     rows += [{"image": str(job.rel), "operator": spec, "solver": shown, "baseline": is_baseline,
                               "samples": k, "estimate": estimate, "status": "refused", "error": str(exc),

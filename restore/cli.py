@@ -87,6 +87,12 @@ def solve_command(
     memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check", help="refuse a run whose estimated "
                                       "memory exceeds the free memory"),
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default)"),
+    tile: int = typer.Option(1024, "--tile", help="any-size priors: evaluate images with a side over N pixels in "
+                             "overlapping tiles (bounded memory); 0 never tiles"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, tf32 (CUDA) or bf16 (CUDA, or a CPU with "
+                                  "native bfloat16)"),
+    compile_net: bool = typer.Option(False, "--compile", help="torch.compile the prior's network (pays off on GPUs "
+                                     "and long runs)"),
 ):
     """Restore measurements with a diffusion solver; writes images and JSON sidecars (metrics when a ground truth
     is known)."""
@@ -96,6 +102,7 @@ def solve_command(
 
     w, device = setup(device, threads)  # under torchrun: this rank's device; one process otherwise
     params = parse_params(param)
+    accel = acceleration(tile, precision, compile_net)
     jobs = collect_jobs(inputs, operator, noise, mask, seed, reference, out=out)
     with progress_bar(enabled=w.rank == 0) as bar:
         task = bar.add_task("solving", total=None)
@@ -107,7 +114,7 @@ def solve_command(
                    batch_size=batch_size, device=device, overwrite=overwrite, lpips_weights=lpips_weights,
                    progress=progress, params=params, protect=[mask] if mask else [], fit=fit, memory_check=memory_check,
                    notify=lambda text: bar.console.print(f"[bold]{escape(text)}[/]", highlight=False),
-                   shard=(w.rank, w.size))
+                   shard=(w.rank, w.size), accel=accel)
     parts = gather(rows)  # rank 0: every rank's rows, in rank order
     finish()
     if parts is None:
@@ -120,6 +127,15 @@ def solve_command(
                 err_console.print(f"[bold red]failed:[/] {escape(str(r['input']))}: {escape(str(r['error']))}",
                                   highlight=False)
         raise typer.Exit(1)
+
+
+def acceleration(tile: int, precision: str, compile_net: bool):
+    """--tile, --precision and --compile as one checked ``Acceleration``."""
+    from .acceleration import Acceleration
+
+    accel = Acceleration(tile=tile, precision=precision, compile=compile_net)
+    accel.check()
+    return accel
 
 
 def progress_bar(enabled: bool = True):
@@ -191,6 +207,9 @@ def bench_command(
     lpips_weights: Optional[str] = typer.Option(None, "--lpips-weights", envvar="RESTORE_LPIPS_WEIGHTS"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (not needed by 'bench report DIR')"),
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default)"),
+    tile: int = typer.Option(1024, "--tile", help="any-size priors: tile images with a side over N pixels; 0 never"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, tf32 (CUDA) or bf16"),
+    compile_net: bool = typer.Option(False, "--compile", help="torch.compile the prior's network"),
 ):
     """Benchmark solvers on clean images: degrade, solve, and report PSNR/SSIM/LPIPS/time beside pinv and the
     classical baselines. 'restore bench merge SHARD_DIR... --out DIR' joins sharded runs; 'restore bench report DIR'
@@ -226,6 +245,7 @@ def bench_command(
         solver_of_label(label)
     counts = parse_samples(samples)
     check_estimate(estimate)
+    accel = acceleration(tile, precision, compile_net)
     from .distributed import barrier, finish, setup
 
     w, device = setup(device, threads)
@@ -238,7 +258,7 @@ def bench_command(
         rows = bench(images, specs, solvers, prior, out, noise=noise, limit=limit, preset=preset, steps=steps,
                      seed=seed, shard=shard, batch_size=batch_size, device=device, lpips_weights=lpips_weights,
                      progress=lambda label, i, n: bar.update(task, description=label, completed=i, total=n),
-                     baselines=baselines, threads=threads, samples=counts, estimate=estimate)
+                     baselines=baselines, threads=threads, samples=counts, estimate=estimate, accel=accel)
     if w.active:
         barrier()
         finish()

@@ -29,11 +29,14 @@ IMAGE_BUFFERS = 24
 BACKPROP_SOLVERS = {"dps", "resample"}
 
 
-def memory_needed(shape, batch: int, card, solver_name: str) -> int:
-    """Bytes one batch of ``batch`` images of ``shape`` (C, H, W) needs, roughly."""
+def memory_needed(shape, batch: int, card, solver_name: str, tile: int | None = None) -> int:
+    """Bytes one batch of ``batch`` images of ``shape`` (C, H, W) needs, roughly; with ``tile`` the network sees one
+    tile (at most tile × tile pixels) at a time."""
     channels, h, w = shape
     pixels = h * w * batch
     need = pixels * channels * 4 * IMAGE_BUFFERS
+    if tile:
+        pixels = min(h, tile) * min(w, tile) * batch
     if solver_name != "pinv" and card is not None:
         width = float((card.architecture or {}).get("num_channels", 32)) / 32
         per_pixel = BACKPROP_BYTES_PER_PIXEL if solver_name in BACKPROP_SOLVERS else NETWORK_BYTES_PER_PIXEL
@@ -63,8 +66,9 @@ def gb(n: float) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
 
-def check_memory(shape, batch: int, card, solver_name: str, device: torch.device, what: str) -> None:
-    need, free = memory_needed(shape, batch, card, solver_name), memory_free(device)
+def check_memory(shape, batch: int, card, solver_name: str, device: torch.device, what: str,
+                 tile: int | None = None) -> None:
+    need, free = memory_needed(shape, batch, card, solver_name, tile), memory_free(device)
     if free is not None and need > free:
         hint = "a smaller --batch-size, " if batch > 1 else ""
         raise RestoreError(f"restoring {what} ({shape[1]}×{shape[2]}, batch {batch}) with {solver_name} needs about "

@@ -22,6 +22,7 @@ import operators
 from operators import Noise, OperatorError
 from operators.mri import is_hermitian, lowres_phase
 
+from .acceleration import Acceleration, prepare
 from .degrade import image_seed
 from .io import (Measurement, RestoreError, atomic_group, find_images, load_image, load_image_meta, load_measurement,
                  save_image, to_tensor, write_json)
@@ -206,15 +207,16 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         progress: Callable[[str, int, int], None] | None = None, out_format: str = "png",
         params: dict | None = None, protect: "list[str | Path]" = (), fit: str | None = None,
         memory_check: bool = True, notify: Callable[[str], None] | None = None,
-        shard: tuple[int, int] = (0, 1)) -> list[dict]:
+        shard: tuple[int, int] = (0, 1), accel: "Acceleration | None" = None) -> list[dict]:
     """Solve every job; returns one row per image (status, output, metrics, cost). ``params`` override single solver
     parameters on top of the preset (``--param KEY=VALUE``); ``fit`` (pad, crop, resize) fits plain images to the
     prior's size (``restore.fit``). Before any work the largest batch's memory is checked against the free memory
     (``memory_check``) and, through ``notify``, a long run says its estimated time. ``samples`` K > 1 draws K posterior
     samples per image and writes their ``estimate`` (mean, median or sample) and a std map; a deterministic solver
     says so (``notify``) and runs once. ``shard`` (i, n) solves only every n-th job from the i-th (torchrun's ranks),
-    with outputs named and checked over all jobs. No output is written over an input, a reference, a file in
-    ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
+    with outputs named and checked over all jobs. ``accel`` says how the prior's network is evaluated (tiles for
+    large images, channels-last, precision, compile: ``restore.acceleration``). No output is written over an input, a
+    reference, a file in ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
     import priors
 
     out = Path(out)
@@ -226,6 +228,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         raise RestoreError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
     check_counts(batch_size=batch_size, samples=samples, steps=steps)
     check_estimate(estimate)
+    (accel or Acceleration()).check()
     get_solver(solver_name, **(params or {}))  # an unknown solver or parameter is refused before any prior is loaded
     if samples > 1 and not SOLVERS[solver_name].stochastic:
         if notify is not None:
@@ -253,6 +256,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         prior = None
     else:  # a name or path, resolved here, or a prior object resolved once by the caller (bench)
         prior = priors.resolve(prior_name, device=str(dev)) if isinstance(prior_name, (str, Path)) else prior_name
+    evaluation = prepare(prior, dev, accel) if prior is not None else {}
     card = prior.card if prior is not None else None
     todo = [(fit_job(job, card, fit, solver_name), target) for job, target in todo]  # refusals before any work
     groups: dict[tuple, list] = {}
@@ -261,7 +265,8 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         groups.setdefault(key, []).append((job, target))
     for (spec, shape, _, _), items in groups.items():
         if memory_check:
-            check_memory(shape, min(batch_size, len(items)), card, solver_name, dev, f"'{items[0][0].source}'")
+            check_memory(shape, min(batch_size, len(items)), card, solver_name, dev, f"'{items[0][0].source}'",
+                         tile=evaluation.get("tile"))
     if prior is not None and notify is not None and todo:
         _announce(groups, batch_size, samples, prior, solver_name, preset, steps, params, dev, notify)
     for (spec, shape, noise_text, _), items in groups.items():
@@ -306,7 +311,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
                     operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
                     solver=solver_name, preset=solver.preset, params=result.params, samples=result.samples,
                     estimate=result.estimate,
-                    prior=_prior_info(prior), device=str(dev), versions=versions(),
+                    prior=_prior_info(prior), device=str(dev), evaluation=evaluation or None, versions=versions(),
                     cost=dict(result.cost.to_dict(), batch=len(chunk), seconds_per_image=per_image_seconds),
                     channels=channel_note, fit=job.fit.to_dict() if job.fit else None, warnings=job.notes,
                     data_fit=fits[i],

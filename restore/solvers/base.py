@@ -301,15 +301,27 @@ class CountingOperator:
 
 
 class _NetCounter:
-    def __init__(self, net: torch.nn.Module):
-        self.calls = 0
-        self.handle = net.register_forward_hook(self._hook)
+    """Network evaluations during a solve: the prior's own count of evaluations (``DiffusionPrior.evaluations``, one
+    per batch however many tiles a large image takes), or else the calls of its network's forward."""
+
+    def __init__(self, prior):
+        self.prior = prior
+        self.start = getattr(prior, "evaluations", None)
+        self.handle, self._calls = None, 0
+        net = getattr(prior, "net", None)
+        if not isinstance(self.start, int) and isinstance(net, torch.nn.Module):
+            self.handle = net.register_forward_hook(self._hook)
+
+    @property
+    def calls(self) -> int:
+        return self.prior.evaluations - self.start if isinstance(self.start, int) else self._calls
 
     def _hook(self, module, inputs, output):
-        self.calls += 1
+        self._calls += 1
 
     def remove(self):
-        self.handle.remove()
+        if self.handle is not None:
+            self.handle.remove()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -357,8 +369,7 @@ def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], 
     solver.noise = noise_sigma(noise)
     solver.reported = {}
     counting = CountingOperator(op)
-    net = getattr(prior, "net", None)
-    counter = _NetCounter(net) if isinstance(net, torch.nn.Module) else None
+    counter = _NetCounter(prior)
     if torch.cuda.is_available() and y.is_cuda:
         torch.cuda.reset_peak_memory_stats(y.device)
     start = time.perf_counter()
@@ -371,8 +382,7 @@ def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], 
                 x = solver.sample(y, counting, prior, rng, steps_done)
             draws.append(to01(x.detach().float()).clamp(0, 1) if x.is_floating_point() else x.detach())
     finally:
-        if counter is not None:
-            counter.remove()
+        counter.remove()
     seconds = time.perf_counter() - start
     stack = torch.stack(draws)
     x = combine(stack, estimate)
@@ -386,7 +396,7 @@ def solve(solver: Solver, y: Tensor, op: Operator, prior, seeds: Sequence[int], 
             x[i] = 0
             if std is not None:
                 std[i] = 0
-    cost = Cost(nfe=counter.calls if counter else 0, operator_evals=counting.count, seconds=seconds,
+    cost = Cost(nfe=counter.calls, operator_evals=counting.count, seconds=seconds,
                 peak_memory_mb=_peak_memory_mb(y))
     return Result(x=x, std=std, samples=samples, cost=cost, failed=failed,
                   params=dict(solver.params, preset=solver.preset, **solver.reported), estimate=estimate)
