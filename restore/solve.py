@@ -280,7 +280,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
             y, solve_shape, noise_model, channel_note = _adapt_channels(y, spec, shape, the_prior, noise_model)
             op = operators.build(spec, solve_shape, seeds=seeds, device=dev,
                                  state=_stack_states(cls, [j.m.state for j, _ in chunk]))
-            solver = _make_solver(solver_name, preset, steps, op, the_prior, params)
+            solver = make_solver(solver_name, preset, steps, op, the_prior, params)
             label = ", ".join(str(j.rel) for j, _ in chunk)
             result = solve(solver, y, op, the_prior, seeds, noise=noise_model, samples=samples, estimate=estimate,
                            progress=(lambda i, n, label=label: progress(label, i, n)) if progress else None)
@@ -358,7 +358,7 @@ class _NoPrior:
         self.card = PriorCard(name="none", image_size=None, channels=channels, domain="")
 
 
-def _make_solver(name: str, preset: str | None, steps: int | None, op, prior=None, params: dict | None = None):
+def make_solver(name: str, preset: str | None, steps: int | None, op, prior=None, params: dict | None = None):
     probe = get_solver(name)
     chosen = preset or probe.auto_preset(op, prior)
     overrides = dict(params or {})
@@ -390,7 +390,7 @@ def _announce(groups, batch_size, samples, prior, solver_name, preset, steps, pa
     total, images = 0.0, 0
     for (spec, shape, _, _), items in groups.items():
         op = operators.build(spec, shape, seeds=[items[0][0].m.seed], device=dev, state=items[0][0].m.state)
-        nfe = expected_nfe(_make_solver(solver_name, preset, steps, op, prior, params).params)
+        nfe = expected_nfe(make_solver(solver_name, preset, steps, op, prior, params).params)
         batch = min(batch_size, len(items))
         batches = -(-len(items) // batch)
         total += seconds_per_evaluation(prior, (prior.card.channels, *shape[1:]), batch, dev) * nfe * samples * batches
