@@ -170,3 +170,14 @@ class IdentityAE(torch.nn.Module):
     def decode(self, z):
         return z
 
+
+
+def random_image_folder(folder, n: int = 12, size: int = 20, seed: int = 0):
+    """A folder of n random RGB PNGs of size × size (training-data fixtures); returns the folder."""
+    from restore.io import save_image
+
+    folder.mkdir(parents=True)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        save_image(folder / f"{i:02d}.png", torch.rand(3, size, size, generator=g))
+    return folder

@@ -11,6 +11,7 @@ from priors.adm import ADMConfig, ADMUNet
 from priors.base import SCHEDULES, DiffusionPrior, PriorCard, PriorError
 from priors.precond import P_MEAN, P_STD, SIGMA_DATA, EDMPrecond
 from priors.train import ARCHITECTURES, TrainConfig, train
+from tests.solver_testing import random_image_folder
 
 TINY = ADMConfig.from_dict(dict(ARCHITECTURES["tiny"], image_size=16, in_channels=3, learn_sigma=False))
 AB = torch.cumprod(1 - SCHEDULES["linear"](1000), 0)
@@ -85,17 +86,8 @@ def test_loss_is_edms_weighted_denoising_loss_with_log_normal_sigmas():
     torch.testing.assert_close(loss, (weight * (d - x0) ** 2).mean())
 
 
-def _tiny_dataset(folder, n=6):
-    from restore.io import save_image
-
-    folder.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        save_image(folder / f"{i}.png", torch.rand(3, 16, 16, generator=g))
-
-
 def test_edm_training_round_trip_through_the_weight_file(tmp_path):
-    _tiny_dataset(tmp_path / "data")
+    random_image_folder(tmp_path / "data", n=6, size=16)
     cfg = TrainConfig(data=str(tmp_path / "data"), name="edm", out=str(tmp_path / "out"), size=16, arch="tiny",
                       steps=3, batch_size=2, checkpoint_every=2, work_dir=str(tmp_path / "w"), device="cpu",
                       fp16_weights=False, precond="edm")

@@ -15,7 +15,7 @@ from priors.base import DiffusionPrior, PriorCard, PriorError
 from priors.load import load_prior_file
 from priors.train import ARCHITECTURES, TrainConfig, train
 from restore.cli import main
-from restore.io import save_image
+from tests.solver_testing import random_image_folder
 
 TINY = ADMConfig.from_dict(dict(ARCHITECTURES["tiny"], image_size=16, in_channels=3, learn_sigma=True))
 
@@ -150,10 +150,7 @@ def test_unknown_prior_lists_the_known_ones():
 
 
 def _tiny_dataset(folder, n=12):
-    folder.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        save_image(folder / f"{i:02d}.png", torch.rand(3, 20, 20, generator=g))
+    random_image_folder(folder, n)
 
 
 def test_train_save_reload_through_the_registry_gives_identical_outputs(tmp_path):
