@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import PriorError, sha256_file
+from .weights import load_strict, read_state_dict, save_safetensors
 
 __all__ = ["AutoencoderConfig", "SmallAutoencoder", "export_autoencoder", "load_autoencoder"]
 
@@ -175,7 +176,6 @@ def _reconstruct_psnr(ae: SmallAutoencoder, x: Tensor, device: torch.device, bat
 def export_autoencoder(model: SmallAutoencoder, out: "str | Path", name: str, scale_factor: float,
                        info: Mapping[str, Any]) -> tuple[Path, Path]:
     """``OUT/NAME.safetensors`` (float32 weights) and ``OUT/NAME.json`` (architecture, scale factor, PSNR, …)."""
-    from .train import save_safetensors
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,6 @@ def export_autoencoder(model: SmallAutoencoder, out: "str | Path", name: str, sc
 
 def load_autoencoder(path: "str | Path") -> tuple[SmallAutoencoder, dict]:
     """A ``SmallAutoencoder`` (eval mode) and its card from ``train_autoencoder``'s .safetensors (+ .json)."""
-    from .load import read_state_dict
 
     path = Path(path)
     tensors, metadata = read_state_dict(path)
@@ -219,6 +218,5 @@ def _strict_autoencoder(state: Mapping[str, Tensor], arch: Mapping[str, Any], so
         model = SmallAutoencoder(AutoencoderConfig.from_dict(arch))
     except (TypeError, ValueError) as exc:
         raise PriorError(f"'{source}' has an invalid autoencoder architecture ({exc}).") from None
-    from .load import load_strict
 
     return load_strict(model, state, source, "export the autoencoder again")

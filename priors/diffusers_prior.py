@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .adm import state_dict_mismatch
 from .base import DiffusionPrior, PriorCard, PriorError, cosine_betas, ldm_linear_betas, linear_betas
-from .load import _short, read_state_dict
+from .weights import _short, read_state_dict
 
 __all__ = ["load_diffusers", "DiffusersEps", "schedule_from_config"]
 

@@ -18,27 +18,19 @@ Our own small prior for 64×64 faces (``faces64-latent``) is built in two traini
    the latents with ``priors.train.fit`` on the LDM "ldm-linear" schedule; it writes one ``OUT/NAME.safetensors``
    holding both networks (keys ``net.*`` and ``autoencoder.*``) and the model card ``OUT/NAME.json`` (latent=True).
 
-``load_prior_file`` / ``priors.resolve`` load such a file (they dispatch here when the card says latent);
-``load_latent_prior`` is the direct entry point.
+``priors.load.load_prior_file`` / ``priors.resolve`` load such a file (``priors.load.latent_prior_from_state`` when
+the card says latent); ``priors.load.load_latent_prior`` is the direct entry point.
 """
 
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-from typing import Mapping
-
 from torch import Tensor, nn
 
-from .adm import ADMConfig
-from .autoencoder import (AutoencoderConfig, SmallAutoencoder, _strict_autoencoder,  # noqa: F401  (re-exported)
-                          load_autoencoder)
+from .autoencoder import AutoencoderConfig, SmallAutoencoder, load_autoencoder  # noqa: F401  (re-exported)
 from .base import DiffusionPrior, PriorCard, PriorError
 
-__all__ = ["AutoencoderConfig", "LatentPrior", "SmallAutoencoder", "latent_prior_from_state", "load_autoencoder",
-           "load_latent_prior"]
+__all__ = ["AutoencoderConfig", "LatentPrior", "SmallAutoencoder", "load_autoencoder"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -98,54 +90,3 @@ class LatentPrior(DiffusionPrior):
     def decode(self, z: Tensor) -> Tensor:
         """Scaled latent z → image on [-1, 1] (not clamped)."""
         return self.autoencoder.decode(z / self.scale_factor + self.shift_factor)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# loading
-
-
-def latent_prior_from_state(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], card: PriorCard | None,
-                            source: str, config: ADMConfig | None = None) -> LatentPrior:
-    """A ``LatentPrior`` from the tensors of a ``train_latent_prior`` file (what ``load_prior_file`` dispatches to)."""
-    from .load import load_adm
-
-    net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-    ae_state = {k[12:]: v for k, v in tensors.items() if k.startswith("autoencoder.")}
-    if not net_state or not ae_state:
-        raise PriorError(f"'{source}' is marked as a latent prior but does not hold both networks (net.* and "
-                         f"autoencoder.* keys); export it with priors.latent_train.train_latent_prior.")
-    other = [k for k in tensors if not k.startswith(("net.", "autoencoder."))]
-    if other:
-        raise PriorError(f"'{source}' has unexpected keys besides net.* and autoencoder.* ({', '.join(other[:3])}); "
-                         f"export it again.")
-    arch = card.architecture if card is not None else {}
-    if config is None:
-        adm = arch.get("adm") or (json.loads(metadata["adm"]) if "adm" in metadata else None)
-        config = ADMConfig.from_dict(adm) if adm is not None else None
-    ae_arch = arch.get("autoencoder") or (json.loads(metadata["autoencoder"]) if "autoencoder" in metadata else None)
-    if config is None or ae_arch is None:
-        raise PriorError(f"'{source}' is a latent prior without its architecture (no model card beside it and no "
-                         f"metadata); put its .json card next to it.")
-    net = load_adm(net_state, config, source)
-    ae = _strict_autoencoder(ae_state, ae_arch, source)
-    if card is None:
-        card = PriorCard(name=Path(source).stem, image_size=None, channels=ae.cfg.in_channels, domain="unknown",
-                         schedule="ldm-linear", latent=True,
-                         architecture={"kind": "latent", "adm": config.to_dict(),
-                                       "autoencoder": {"kind": "restore-kl", **ae.cfg.to_dict()}})
-    scale = card.extra.get("scale_factor", float(metadata.get("scale_factor", 1.0)))
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise PriorError(f"'{source}' has an invalid latent scale factor {scale!r}; export it again.")
-    shift = float(card.extra.get("shift_factor", 0.0))
-    return LatentPrior(net, card, ae, scale_factor=scale, shift_factor=shift).eval()
-
-
-def load_latent_prior(weights_path: "str | Path", card: PriorCard | None = None,
-                      verify_hash: str = "") -> LatentPrior:
-    """A ``LatentPrior`` from ``train_latent_prior``'s .safetensors (its card is read from the .json beside it)."""
-    from .load import load_prior_file
-
-    prior = load_prior_file(weights_path, card=card, verify_hash=verify_hash)
-    if not isinstance(prior, LatentPrior):
-        raise PriorError(f"'{weights_path}' is a pixel-space prior, not a latent one; load it with priors.resolve.")
-    return prior

@@ -217,7 +217,8 @@ def export_latent(cfg, fitted, ae: SmallAutoencoder, ae_card: Mapping[str, Any],
                   n_latents: int) -> tuple[Path, Path]:
     """``OUT/NAME.safetensors`` (``net.*``: the EMA UNet, fp16 if ``cfg.fp16_weights``; ``autoencoder.*``: float32)
     and the model card ``OUT/NAME.json`` (latent=True, with the autoencoder's held-out reconstruction PSNR)."""
-    from .train import _hardware, save_safetensors, write_card
+    from .train import _hardware, write_card
+    from .weights import save_safetensors
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,69 +1,24 @@
-"""Reading checkpoints exactly, or refusing them with one clear sentence.
-
-* ``.safetensors`` files are read with safetensors (no code can run);
-* ``.pt``/``.pth``/``.ckpt`` files with ``torch.load(weights_only=True)``: a pickle that would run code is refused;
-* a state dict must match its architecture exactly (``strict=True``): a wrong key or shape is an error naming the
-  first differences, never a silent random initialisation;
-* a truncated or corrupt file is reported as such, with the fix (download it again / check the path).
+"""A prior from a weight file: an ADM UNet (its config from the model card, the file's metadata or the tensor shapes),
+EDM-preconditioned when its card says so, or a latent prior (autoencoder + latent UNet in one file). The file-level
+rules (safe reading, exact state dicts, clear refusals) are ``priors.weights``'s.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
+from torch import Tensor
 
-from .adm import ADMConfig, ADMStateDictError, ADMUNet, infer_config, state_dict_mismatch
+from .adm import ADMConfig, ADMStateDictError, ADMUNet, infer_config
 from .base import DiffusionPrior, PriorCard, PriorError, sha256_file
+from .weights import WRAPPER_KEYS, _short, load_strict, read_state_dict  # noqa: F401  (re-exported)
 
-WRAPPER_KEYS = ("ema", "model_ema", "state_dict", "model")
-
-
-def read_state_dict(path: "str | Path") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a checkpoint file; metadata is the safetensors header metadata ({} for .pt)."""
-    path = Path(path)
-    if not path.exists():
-        raise PriorError(f"the checkpoint '{path}' does not exist; check the path or fetch it with "
-                         f"'restore prior fetch NAME'.")
-    if path.is_dir():
-        raise PriorError(f"'{path}' is a folder; give a .safetensors/.pt file (diffusers folders need the "
-                         f"'diffusers' extra).")
-    size = path.stat().st_size
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # noqa: BLE001 - any header/payload failure means a damaged file
-            raise PriorError(f"'{path}' ({size} bytes) is not a readable safetensors file ({_short(exc)}); it is "
-                             f"truncated or corrupt: download or export it again.") from None
-        return tensors, metadata
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
-            raise PriorError(f"'{path}' is a pickle that asks to run code or build arbitrary objects, which restore "
-                             f"refuses for safety; convert it to safetensors on a machine you trust.") from None
-        raise PriorError(f"'{path}' ({size} bytes) cannot be read as a PyTorch checkpoint ({_short(exc)}); it is "
-                         f"truncated or corrupt: download it again.") from None
-    if isinstance(obj, Mapping):
-        for key in WRAPPER_KEYS:
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PriorError(f"'{path}' does not hold a state dict of tensors; give the model's weights file.")
-    return {k.removeprefix("module."): v for k, v in obj.items()}, {}
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+if TYPE_CHECKING:
+    from .latent import LatentPrior
 
 
 def load_adm(state: Mapping[str, torch.Tensor], config: ADMConfig | None, source: str) -> ADMUNet:
@@ -76,18 +31,6 @@ def load_adm(state: Mapping[str, torch.Tensor], config: ADMConfig | None, source
                              f"checkpoint or a diffusers folder.") from None
     return load_strict(ADMUNet(config), state, source, "check the --config or use the checkpoint the config was "
                                                        "made for")
-
-
-def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, fix: str) -> torch.nn.Module:
-    """Load ``state`` into ``model`` exactly (every key, every shape) or refuse with the first differences and
-    ``fix``; never a partial load or a silent random initialisation."""
-    expected = model.state_dict()
-    problems = state_dict_mismatch(expected, state)
-    if problems:
-        raise PriorError(f"'{source}' does not match the architecture it is loaded as: {'; '.join(problems[:3])}; "
-                         f"{fix}.")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-    return model.eval()
 
 
 def load_prior_file(path: "str | Path", config: ADMConfig | None = None, card: PriorCard | None = None,
@@ -106,8 +49,6 @@ def load_prior_file(path: "str | Path", config: ADMConfig | None = None, card: P
     if card is None and card_path.is_file():
         card = PriorCard.from_dict(json.loads(card_path.read_text()))
     if (card is not None and card.latent) or metadata.get("format") == "restore-latent":
-        from .latent import latent_prior_from_state  # autoencoder + latent ADM UNet in one file
-
         return latent_prior_from_state(tensors, metadata, card, str(path), config)
     if config is None and card is not None and card.architecture.get("kind") == "adm":
         config = ADMConfig.from_dict({k: v for k, v in card.architecture.items() if k != "kind"})
@@ -127,3 +68,55 @@ def load_prior_file(path: "str | Path", config: ADMConfig | None = None, card: P
         card = PriorCard(name=path.stem, image_size=None, channels=net.cfg.in_channels, domain="unknown",
                          learned_variance=net.cfg.learn_sigma, architecture={"kind": "adm", **net.cfg.to_dict()})
     return DiffusionPrior(net, card)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# latent priors (autoencoder + latent ADM UNet in one file)
+
+
+def latent_prior_from_state(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], card: PriorCard | None,
+                            source: str, config: ADMConfig | None = None) -> LatentPrior:
+    """A ``LatentPrior`` from the tensors of a ``train_latent_prior`` file (what ``load_prior_file`` dispatches to)."""
+    from .autoencoder import _strict_autoencoder
+    from .latent import LatentPrior
+
+    net_state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    ae_state = {k[12:]: v for k, v in tensors.items() if k.startswith("autoencoder.")}
+    if not net_state or not ae_state:
+        raise PriorError(f"'{source}' is marked as a latent prior but does not hold both networks (net.* and "
+                         f"autoencoder.* keys); export it with priors.latent_train.train_latent_prior.")
+    other = [k for k in tensors if not k.startswith(("net.", "autoencoder."))]
+    if other:
+        raise PriorError(f"'{source}' has unexpected keys besides net.* and autoencoder.* ({', '.join(other[:3])}); "
+                         f"export it again.")
+    arch = card.architecture if card is not None else {}
+    if config is None:
+        adm = arch.get("adm") or (json.loads(metadata["adm"]) if "adm" in metadata else None)
+        config = ADMConfig.from_dict(adm) if adm is not None else None
+    ae_arch = arch.get("autoencoder") or (json.loads(metadata["autoencoder"]) if "autoencoder" in metadata else None)
+    if config is None or ae_arch is None:
+        raise PriorError(f"'{source}' is a latent prior without its architecture (no model card beside it and no "
+                         f"metadata); put its .json card next to it.")
+    net = load_adm(net_state, config, source)
+    ae = _strict_autoencoder(ae_state, ae_arch, source)
+    if card is None:
+        card = PriorCard(name=Path(source).stem, image_size=None, channels=ae.cfg.in_channels, domain="unknown",
+                         schedule="ldm-linear", latent=True,
+                         architecture={"kind": "latent", "adm": config.to_dict(),
+                                       "autoencoder": {"kind": "restore-kl", **ae.cfg.to_dict()}})
+    scale = card.extra.get("scale_factor", float(metadata.get("scale_factor", 1.0)))
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise PriorError(f"'{source}' has an invalid latent scale factor {scale!r}; export it again.")
+    shift = float(card.extra.get("shift_factor", 0.0))
+    return LatentPrior(net, card, ae, scale_factor=scale, shift_factor=shift).eval()
+
+
+def load_latent_prior(weights_path: "str | Path", card: PriorCard | None = None,
+                      verify_hash: str = "") -> LatentPrior:
+    """A ``LatentPrior`` from ``train_latent_prior``'s .safetensors (its card is read from the .json beside it)."""
+    from .latent import LatentPrior
+
+    prior = load_prior_file(weights_path, card=card, verify_hash=verify_hash)
+    if not isinstance(prior, LatentPrior):
+        raise PriorError(f"'{weights_path}' is a pixel-space prior, not a latent one; load it with priors.resolve.")
+    return prior

@@ -28,6 +28,7 @@ from .adm import ADMConfig, ADMUNet
 from .configs import ARCHITECTURES  # noqa: F401  (re-exported: restore prior train --arch)
 from .base import SCHEDULES, PriorCard, PriorError, sha256_file
 from .precond import SIGMA_DATA, EDMPrecond
+from .weights import save_safetensors  # noqa: F401  (re-exported)
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -176,27 +177,6 @@ def pick_device(name: str) -> torch.device:
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".part")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a .safetensors file atomically and byte-for-byte reproducibly: safetensors serialises its metadata from
-    a hash map in random order, so the same weights could get another sha256; the header is rewritten with the
-    metadata keys sorted."""
-    from safetensors.torch import save
-
-    raw = save(tensors, metadata=metadata)
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    if "__metadata__" in header:
-        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        f.write(len(text).to_bytes(8, "little"))
-        f.write(text)
-        f.write(memoryview(raw)[8 + n:])
     os.replace(tmp, path)
 
 

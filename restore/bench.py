@@ -20,6 +20,7 @@ from operators import Noise
 
 from .degrade import degrade_one, image_seed
 from .io import RestoreError, find_images, load_image, preview, save_image, to_uint8, write_json
+from .report import gains
 from .solve import Job, check_counts, run
 from .solvers.base import SolverError, check_estimate
 
@@ -279,52 +280,6 @@ def summarise(rows: list[dict]) -> dict:
                                                                                 "nfe")}
             out[op][solver]["n"] = len(rs)
     return out
-
-
-def gains(rows: list[dict]) -> dict:
-    """{operator: {"psnr"|"lpips": {"best": baseline label, "rows": [...]}}}: per task, the best baseline by mean
-    PSNR (and, separately, by mean LPIPS) and each other solver's paired per-image difference from it — mean and 95%
-    t-interval over the images both restored; ``zero_in`` where the interval contains 0 (no clear difference).
-    Differences are signed so that positive is better (PSNR gain, LPIPS reduction)."""
-    from scipy import stats
-
-    out: dict = {}
-    written = [r for r in rows if r.get("status") == "written"]
-    for op in dict.fromkeys(r["operator"] for r in written):
-        mine = [r for r in written if r["operator"] == op]
-        per = {}
-        for r in mine:
-            per.setdefault(r["solver"], {})[r["image"]] = r
-        bases = [s for s in per if next(iter(per[s].values())).get("baseline", s == "pinv")]
-        out[op] = {}
-        for metric, sign in (("psnr", 1.0), ("lpips", -1.0)):
-            def mean(solver):
-                v = [x[metric] for x in per[solver].values() if _finite(x.get(metric))]
-                return statistics.fmean(v) if v else math.nan
-            ranked = [b for b in bases if not math.isnan(mean(b))]
-            if not ranked:
-                continue
-            best = max(ranked, key=lambda b: sign * mean(b))
-            entries = []
-            for solver in per:
-                if solver in bases:
-                    continue
-                common = [im for im in per[solver] if im in per[best] and _finite(per[solver][im].get(metric))
-                          and _finite(per[best][im].get(metric))]
-                d = [sign * (per[solver][im][metric] - per[best][im][metric]) for im in common]
-                if not d:
-                    continue
-                m = statistics.fmean(d)
-                half = (stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
-                        if len(d) > 1 else math.inf)
-                entries.append(dict(solver=solver, n=len(d), mean=m, lo=m - half, hi=m + half,
-                                    zero_in=not (m - half > 0 or m + half < 0)))
-            out[op][metric] = {"best": best, "best_mean": mean(best), "rows": entries}
-    return out
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def write_report(out: Path, rows: list[dict]) -> None:

@@ -29,10 +29,10 @@ import operators
 from operators import Noise, OperatorError
 
 from .errors import RestoreError  # re-exported: ``from restore.io import RestoreError``
+from .outputs import MEASUREMENT_FORMAT, carries_sidecar, inside  # MEASUREMENT_FORMAT re-exported
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".npy", ".dcm", ".dicom"}
 _DICOM_SUFFIXES = {".dcm", ".dicom"}  # also any file with the DICOM preamble, whatever its suffix
-MEASUREMENT_FORMAT = "restore-measurement/1"
 #: a float image may stray this far outside [0, 1] (a noisy measurement does); further is a wrong scale, refused
 FLOAT_SLACK = 0.5
 
@@ -410,8 +410,6 @@ def find_images(inputs: list[str], exclude: "Path | None" = None) -> list[tuple[
     preamble; hidden files (``.name``: temporary ``.part`` files, macOS ``._name`` resource forks) are left out, and
     so is what restore wrote: the folder ``exclude`` (the run's --out) when it lies inside an input folder, restored
     images that carry a restore sidecar, and the previews beside measurement files."""
-    from .outputs import carries_sidecar, inside
-
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)

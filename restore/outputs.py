@@ -17,6 +17,9 @@ from pathlib import Path
 
 from .errors import RestoreError
 
+#: the format tag of measurement files (``restore degrade``'s .npz), by which restore recognises its own
+MEASUREMENT_FORMAT = "restore-measurement/1"
+
 #: the key every sidecar written by this version carries (older sidecars are recognised by their keys)
 SIDECAR_MARK = "written_by"
 SIDECAR_MARK_VALUE = "restore"
@@ -55,8 +58,6 @@ def is_restore_sidecar(path: Path) -> bool:
 
 
 def is_restore_measurement(path: Path) -> bool:
-    from .io import MEASUREMENT_FORMAT
-
     try:
         import numpy as np
 

@@ -20,12 +20,57 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import gains
 from .errors import RestoreError
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939"]
 METRICS = (("psnr", "PSNR dB", ".2f", max), ("ssim", "SSIM", ".3f", max), ("lpips", "LPIPS", ".3f", min))
+
+
+def gains(rows: list[dict]) -> dict:
+    """{operator: {"psnr"|"lpips": {"best": baseline label, "rows": [...]}}}: per task, the best baseline by mean
+    PSNR (and, separately, by mean LPIPS) and each other solver's paired per-image difference from it — mean and 95%
+    t-interval over the images both restored; ``zero_in`` where the interval contains 0 (no clear difference).
+    Differences are signed so that positive is better (PSNR gain, LPIPS reduction)."""
+    from scipy import stats
+
+    out: dict = {}
+    written = [r for r in rows if r.get("status") == "written"]
+    for op in dict.fromkeys(r["operator"] for r in written):
+        mine = [r for r in written if r["operator"] == op]
+        per = {}
+        for r in mine:
+            per.setdefault(r["solver"], {})[r["image"]] = r
+        bases = [s for s in per if next(iter(per[s].values())).get("baseline", s == "pinv")]
+        out[op] = {}
+        for metric, sign in (("psnr", 1.0), ("lpips", -1.0)):
+            def mean(solver):
+                v = [x[metric] for x in per[solver].values() if _finite(x.get(metric))]
+                return statistics.fmean(v) if v else math.nan
+            ranked = [b for b in bases if not math.isnan(mean(b))]
+            if not ranked:
+                continue
+            best = max(ranked, key=lambda b: sign * mean(b))
+            entries = []
+            for solver in per:
+                if solver in bases:
+                    continue
+                common = [im for im in per[solver] if im in per[best] and _finite(per[solver][im].get(metric))
+                          and _finite(per[best][im].get(metric))]
+                d = [sign * (per[solver][im][metric] - per[best][im][metric]) for im in common]
+                if not d:
+                    continue
+                m = statistics.fmean(d)
+                half = (stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+                        if len(d) > 1 else math.inf)
+                entries.append(dict(solver=solver, n=len(d), mean=m, lo=m - half, hi=m + half,
+                                    zero_in=not (m - half > 0 or m + half < 0)))
+            out[op][metric] = {"best": best, "best_mean": mean(best), "rows": entries}
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def load_rows(folder: Path) -> list[dict]:

@@ -12,7 +12,8 @@ import priors
 from priors import PriorError
 from priors.adm import ADMConfig, ADMUNet
 from priors.base import ldm_linear_betas, sha256_file
-from priors.latent import AutoencoderConfig, LatentPrior, SmallAutoencoder, load_autoencoder, load_latent_prior
+from priors.latent import AutoencoderConfig, LatentPrior, SmallAutoencoder, load_autoencoder
+from priors.load import load_latent_prior
 from priors.latent_train import train_autoencoder, train_latent_prior
 from priors.train import ImageFolder, TrainConfig
 

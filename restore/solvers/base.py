@@ -201,6 +201,12 @@ def randn_like_per_image(x: Tensor, rng: Sequence[torch.Generator]) -> Tensor:
     return ImageGenerators.randn_like(rng, x)
 
 
+def real_part(x: Tensor) -> Tensor:
+    """The real part where an operator's V or A⁺ returns complex images (MRI with ``complex=true``): the prior's images
+    are real, so a correction through them is projected onto real images."""
+    return x.real if x.is_complex() else x
+
+
 def spectrum(op, rcond: float) -> tuple[Tensor, Tensor, Tensor]:
     """(s, keep, 1/s): A's singular values, the modes kept (s > rcond·max s per image; the others count as null
     space, like the operators' truncated A⁺) and their inverses (0 off ``keep``), broadcastable to op.Vt's output."""

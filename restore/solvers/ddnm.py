@@ -56,7 +56,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, spectrum, to01
+from .base import Solver, SolverError, measurement_pm1, real_part, spectrum, to01
+from .ddrm import ddrm_timesteps
 from .dps import alphas_cumprod64
 
 
@@ -116,8 +117,6 @@ class DDNM(Solver):
         T = len(ac)
         if not 1 <= steps <= T:
             raise SolverError(f"DDNM steps must be between 1 and {T}, got {steps}.")
-        from .ddrm import ddrm_timesteps
-
         grid = ddrm_timesteps(ac, steps, float(p["sigma_start"]))            # i·T//steps unless sigma_start > 0
         alpha = lambda t: 1.0 if t < 0 else float(ac[t])  # noqa: E731 - ᾱ_t with ᾱ_{−1} = 1 (``compute_alpha``)
         sigma01 = float(p["sigma_y"]) if p["sigma_y"] >= 0 else float(getattr(self, "noise", 0.0))
@@ -130,7 +129,7 @@ class DDNM(Solver):
         y_pm1 = measurement_pm1(y, op)
         if p["sigma_start"] > 0:  # a measurement-consistent start at a low noise level (not the official code)
             a_top = alpha(grid[-1])
-            x0_start = 2 * _real(op.A_pinv(y)).reshape(shape) - _real(op.A_pinv(op.A(torch.ones_like(x[:1]))))
+            x0_start = 2 * real_part(op.A_pinv(y)).reshape(shape) - real_part(op.A_pinv(op.A(torch.ones_like(x[:1]))))
             x = a_top**0.5 * x0_start + (1 - a_top) ** 0.5 * x
         rectify = self._spectral(y_pm1, op, sigma_y, eta) if getattr(op, "has_svd", False) else self._pinv(y, op)
 
@@ -163,16 +162,16 @@ class DDNM(Solver):
             z = rng.randn_like(x0)
             if sigma_y == 0:
                 # x̂₀ = x₀ − A⁺(A x₀ − y₋₁); x_s = a x̂₀ + σ_t(η z + √(1−η²) ε̂)
-                x0_hat = x0 - _real(op.V(keep * (op.Vt(x0) - c_y)))
+                x0_hat = x0 - real_part(op.V(keep * (op.Vt(x0) - c_y)))
                 return a * x0_hat + sigma_t * (eta * z + root * eps)
             # DDNM+: threshold σ_t vs a σ_y/s_i per mode
             noisy = keep & (sigma_t < a * sigma_y * inv_s)                     # σ_t < a σ_y/s_i: noise dominates
             lam = torch.where(noisy, s * (sigma_t * root / (a * sigma_y)), 1.0) * keep
-            x0_hat = x0 - _real(op.V(lam * (op.Vt(x0) - c_y)))                 # Eq. 17
+            x0_hat = x0 - real_part(op.V(lam * (op.Vt(x0) - c_y)))                 # Eq. 17
             d1 = torch.where(keep & ~noisy, (sigma_t**2 - (a * sigma_y * inv_s) ** 2).clamp_min(0).sqrt(),
                              sigma_t * eta)
             d2 = torch.where(keep, 0.0, sigma_t * root)
-            return a * x0_hat + _real(op.V(d1 * op.Vt(z) + d2 * op.Vt(eps)))   # Eq. 51
+            return a * x0_hat + real_part(op.V(d1 * op.Vt(z) + d2 * op.Vt(eps)))   # Eq. 51
 
         return step
 
@@ -184,14 +183,8 @@ class DDNM(Solver):
         def step(x0: Tensor, eps: Tensor, a_s: float, rng) -> Tensor:
             # x̂₀ = x₀ − A⁺(A x₀ − y₋₁) = x₀ − 2 A⁺(A((x₀+1)/2) − y)   (A⁺ of the [0, 1] operator)
             corr = op.A_pinv(op.A(to01(x0)) - y)
-            x0_hat = x0 - 2 * _real(corr)
+            x0_hat = x0 - 2 * real_part(corr)
             sigma_t = (1 - a_s) ** 0.5
             return a_s**0.5 * x0_hat + sigma_t * (eta * rng.randn_like(x0) + root * eps)
 
         return step
-
-
-def _real(x: Tensor) -> Tensor:
-    """The real part where an operator's V or A⁺ returns complex images (MRI with ``complex=true``): the prior's images
-    are real, so the correction is projected onto real images."""
-    return x.real if x.is_complex() else x

@@ -39,8 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, spectrum
-from .ddnm import _real
+from .base import Solver, SolverError, measurement_pm1, real_part, spectrum
 from .dps import alphas_cumprod64
 
 
@@ -108,7 +107,7 @@ class DDRM(Solver):
         large = keep & (s * sig_T > sigma_y)
         z = spectral_noise()
         remaining = torch.where(large, (sig_T**2 - nsr**2).clamp_min(0).sqrt(), sig_T)
-        x = _real(op.V(torch.where(large, y_bar, 0.0) + remaining * z)) / sig_T   # the official ÷σ_T (≈ ×√ᾱ_T)
+        x = real_part(op.V(torch.where(large, y_bar, 0.0) + remaining * z)) / sig_T   # the official ÷σ_T (≈ ×√ᾱ_T)
 
         seq_next = [-1] + seq[:-1]
         pairs = list(zip(reversed(seq), reversed(seq_next)))
@@ -130,7 +129,7 @@ class DDRM(Solver):
             b_std = (sig_next**2 - (eta_b * nsr) ** 2).clamp_min(0).sqrt()
             x_bar = torch.where(before, (1 - eta_b) * v + eta_b * y_bar + b_std * z,
                                 torch.where(after, v + mid, v + null))
-            x = a_next**0.5 * _real(op.V(x_bar))
+            x = a_next**0.5 * real_part(op.V(x_bar))
             if progress:
                 progress(n_done, len(pairs))
         return x

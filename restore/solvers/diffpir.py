@@ -44,8 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, spectrum, task_of
-from .ddnm import _real
+from .base import Solver, SolverError, real_part, spectrum, task_of
 from .dps import alphas_cumprod64
 
 
@@ -100,7 +99,7 @@ class DiffPIR(Solver):
         prox = self._prox(y, op)
 
         a_T = float(ac[grid[0]])
-        start = 2 * _real(op.A_pinv(y)).reshape(shape) - 1
+        start = 2 * real_part(op.A_pinv(y)).reshape(shape) - 1
         x = a_T**0.5 * start + (1 - a_T) ** 0.5 * rng.randn(shape, device=dev)
         x0 = x
         for i, t in enumerate(grid):
@@ -126,11 +125,11 @@ class DiffPIR(Solver):
 
             def svd_step(x0: Tensor, rho: float) -> Tensor:
                 c = op.Vt(x0)
-                return _real(op.V(torch.where(keep, (s_uy + rho * c) / (s * s + rho), c)))
+                return real_part(op.V(torch.where(keep, (s_uy + rho * c) / (s * s + rho), c)))
 
             return svd_step
 
         def cg_step(x0: Tensor, rho: float) -> Tensor:
-            return x0 + _real(op.least_squares(y - op.A(x0), damping=rho))
+            return x0 + real_part(op.least_squares(y - op.A(x0), damping=rho))
 
         return cg_step

@@ -48,7 +48,7 @@ Conventions and deliberate departures from the official code (each also stated w
   measurement is noisy, scaled by r_t² so that σ_y = 0 is the official code; preset "official" ignores the noise.
 * A⁺ is applied in the spectral basis, Vᵀ(A⁺y₋₁ − A⁺A x̂₀) = 1[s>0]·(Uᵀy₋₁/s − Vᵀx̂₀); singular values
   s ≤ ``rcond``·max s count as zero, like DDNM here and the official ``ZERO`` thresholds (1e-3 to 3e-2). Complex
-  spectral pieces (MRI) give real images through ``_real``.
+  spectral pieces (MRI) give real images through ``real_part``.
 * Operators with an exact pseudo-inverse but no SVD (attribute ``exact_pinv``) use A⁺ directly, 2A⁺(y − A((x̂₀+1)/2)),
   and the noise-free form whatever σ_y: the noisy form needs the spectrum.
 * Timesteps: exactly ``steps`` of them, t_k = k·⌊T/S⌋ (the official ``range(0, T, skip)`` has one more when S does
@@ -71,8 +71,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, spectrum, to01
-from .ddnm import _real
+from .base import Solver, SolverError, measurement_pm1, real_part, spectrum, to01
 from .dps import alphas_cumprod64
 
 
@@ -152,22 +151,22 @@ class PiGDM(Solver):
         """(A⁺y₋₁, guide) with A's SVD: guide(x̂₀, r²) = V[s²/(s² + σ_y²/r²) ⊙ (Uᵀy₋₁/s − Vᵀx̂₀)] on s > rcond·max s."""
         s, keep, inv_s = spectrum(op, float(self.params["rcond"]))            # keep: s_i > 0 (range of Aᵀ)
         c_y = op.Ut(y_pm1) * inv_s                                             # Vᵀ A⁺ y₋₁
-        pinv_y = _real(op.V(c_y))
+        pinv_y = real_part(op.V(c_y))
 
         def guide(x0: Tensor, r2: float) -> Tensor:
             if sigma_y == 0:                                                   # A⁺y₋₁ − A⁺A x̂₀
-                return _real(op.V(keep * (c_y - op.Vt(x0))))
+                return real_part(op.V(keep * (c_y - op.Vt(x0))))
             lam = keep * s**2 / (s**2 + sigma_y**2 / r2)                        # r² s (r² s² + σ_y²)⁻¹ · s
-            return _real(op.V(lam * (c_y - op.Vt(x0))))
+            return real_part(op.V(lam * (c_y - op.Vt(x0))))
 
         return pinv_y, guide
 
     def _pinv(self, y: Tensor, y_pm1: Tensor, op):
         """(A⁺y₋₁, guide) with an exact pseudo-inverse and no SVD: the noise-free form only (σ_y is not used)."""
-        pinv_y = _real(op.A_pinv(y_pm1))
+        pinv_y = real_part(op.A_pinv(y_pm1))
 
         def guide(x0: Tensor, r2: float) -> Tensor:
             # A⁺y₋₁ − A⁺A x̂₀ = 2 A⁺(y − A((x̂₀+1)/2))   (A⁺ of the [0, 1] operator)
-            return 2 * _real(op.A_pinv(y - op.A(to01(x0))))
+            return 2 * real_part(op.A_pinv(y - op.A(to01(x0))))
 
         return pinv_y, guide
