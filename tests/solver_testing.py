@@ -122,6 +122,7 @@ def run_sample(solver, y: torch.Tensor, op, prior, seeds: Sequence[int], noise: 
 
     solver.check(op, prior)
     solver.noise = float(noise)
+    solver.reported = {}
     gens = generators(list(seeds), f"solver/{solver.name}/0")
     with torch.no_grad() if not solver_needs_grad(solver) else torch.enable_grad():
         return solver.sample(y, op, prior, gens, None).detach()

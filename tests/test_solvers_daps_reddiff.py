@@ -215,7 +215,7 @@ def test_daps_effective_tau_and_what_solve_reports():
         1e-4 * tau_eff / 0.01)
     official = solve(get_solver("daps", likelihood="official", **SMOKE["daps"]), y, op, prior, seeds=[0], noise=0.1)
     assert (official.params["tau_used"], official.params["lr_used"]) == (0.01, 1e-4)
-    with pytest.raises(SolverError, match="likelihood must be one of auto, noise, official"):
+    with pytest.raises(SolverError, match="parameter 'likelihood' must be one of auto, noise, official"):
         get_solver("daps", likelihood="exact")
 
 
@@ -278,7 +278,7 @@ def test_closed_form_on_refuses_what_it_cannot_draw():
     with pytest.raises(SolverError, match="closed_form=on needs .* has no SVD; use closed_form=auto or off"):
         run_sample(get_solver("daps", closed_form="on", annealing_steps=1, ode_steps=1, mcmc_steps=2), y, op, prior,
                    seeds=[0])
-    with pytest.raises(SolverError, match="closed_form must be one of auto, on, off"):
+    with pytest.raises(SolverError, match="parameter 'closed_form' must be one of auto, on, off"):
         get_solver("daps", closed_form="yes")
 
 
@@ -538,12 +538,12 @@ def test_reddiff_refuses_latent_priors():
 
 
 @pytest.mark.parametrize("name,kwargs,match", [
-    ("daps", dict(mcmc="mala"), "mcmc must be"),
+    ("daps", dict(mcmc="mala"), "parameter 'mcmc' must be one of langevin, hmc"),
     ("daps", dict(sigma_min=0.001), "sigma_max > sigma_min > ode_sigma_min"),
     ("daps", dict(annealing_steps=0), "at least 1"),
     ("daps", dict(lr=-1.0), "positive"),
     ("daps", dict(guidance=1.0), "has no parameter 'guidance'"),
-    ("reddiff", dict(weighting="cubic"), "weighting must be one of"),
+    ("reddiff", dict(weighting="cubic"), "parameter 'weighting' must be one of"),
     ("reddiff", dict(steps=0), "at least 1"),
 ])
 def test_bad_parameters_are_refused(name, kwargs, match):
@@ -638,26 +638,31 @@ def test_overhead_cpu64(name, preset, params, spec):
 def test_daps_step_count_presets_take_the_task_s_official_mcmc_settings():
     """DAPS-100 / DAPS-1K pair their step counts with the task's official Langevin settings (motion deblur: lr 5e-5,
     which keeps the Langevin step stable where the default 1e-4 is not); an explicit lr wins; a task without
-    official settings (MRI) keeps 100 steps at 1e-4."""
+    official settings (MRI) keeps 100 steps at 1e-4. The solver's own parameters never change while sampling: what
+    it used is reported (``Result.params`` shows ``params`` updated by ``reported``)."""
+
+    def used(s):
+        return dict(s.params, **s.reported)
+
     prior = tiny_unet_prior(channels=3, size=16)
     motion = operators.build("blur:kind=motion,size=5,intensity=0.5", (3, 16, 16), seeds=[0])
     y = operators.measure(motion, torch.rand(1, 3, 16, 16), 0.0, [0])
     solver = get_solver("daps", preset="daps-100", annealing_steps=1, ode_steps=1)
     run_sample(solver, y, motion, prior, seeds=[0])
-    assert (solver.params["lr"], solver.params["mcmc_steps"]) == (5e-5, 100)
+    assert (used(solver)["lr"], used(solver)["mcmc_steps"]) == (5e-5, 100) and solver.params["lr"] == 1e-4
     explicit = get_solver("daps", preset="daps-100", annealing_steps=1, ode_steps=1, lr=2e-5, mcmc_steps=3)
     run_sample(explicit, y, motion, prior, seeds=[0])
-    assert (explicit.params["lr"], explicit.params["mcmc_steps"]) == (2e-5, 3)
+    assert (used(explicit)["lr"], used(explicit)["mcmc_steps"]) == (2e-5, 3)
     grey = tiny_unet_prior(channels=1, size=16)
     mri = operators.build("mri:accel=4,center=0.08", (1, 16, 16), seeds=[0])
     y_mri = operators.measure(mri, torch.rand(1, 1, 16, 16), 0.0, [0])
     solver2 = get_solver("daps", preset="daps-100", annealing_steps=1, ode_steps=1)
     run_sample(solver2, y, motion, prior, seeds=[0])
     run_sample(solver2, y_mri, mri, grey, seeds=[0])  # reused on another task: back to the preset's values
-    assert (solver2.params["lr"], solver2.params["mcmc_steps"]) == (1e-4, 100)
+    assert (used(solver2)["lr"], used(solver2)["mcmc_steps"]) == (1e-4, 100)
     plain = get_solver("daps", annealing_steps=1, ode_steps=1)  # no preset: the defaults, whatever the task
     run_sample(plain, y, motion, prior, seeds=[0])
-    assert plain.params["lr"] == 1e-4
+    assert used(plain)["lr"] == 1e-4
 
 
 def test_daps_auto_likelihood_is_the_noise_one_on_denoise_and_the_official_tau_elsewhere():

@@ -39,6 +39,53 @@ class SolverError(ValueError):
     """A user-facing problem with a solver, its parameters or an impossible combination: one sentence with the fix."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What values one solver parameter may take: one of ``choices``, or a number within [low, high] (an open end
+    where ``low_open``/``high_open``). Declared per solver in ``Solver.rules`` and checked once, when the solver is
+    made, with one sentence in one style."""
+
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value) -> bool:
+        if self.choices:
+            return value in self.choices
+        if not isinstance(value, (int, float)) or value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def text(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return ("positive" if self.low == 0 else f"above {self.low:g}") if self.low_open else f"at least {self.low:g}"
+        return f"{'below' if self.high_open else 'at most'} {self.high:g}"
+
+
+def one_of(*choices) -> Rule:
+    return Rule(choices=tuple(choices))
+
+
+def at_least(low: float) -> Rule:
+    return Rule(low=low)
+
+
+def positive() -> Rule:
+    return Rule(low=0, low_open=True)
+
+
+def between(low: float, high: float, high_open: bool = False) -> Rule:
+    return Rule(low=low, high=high, high_open=high_open)
+
+
 @dataclasses.dataclass
 class Cost:
     nfe: int = 0                 # network evaluations (calls of the prior's network on the batch)
@@ -82,6 +129,8 @@ class Solver:
     stochastic: ClassVar[bool] = True
     #: the parameter that --steps sets
     steps_param: ClassVar[str] = "steps"
+    #: what values parameters may take (``Rule``), checked when the solver is made
+    rules: ClassVar[dict[str, Rule]] = {}
 
     def __init__(self, preset: str | None = None, **overrides: Any):
         params = dict(self.defaults)
@@ -97,6 +146,10 @@ class Solver:
                 raise SolverError(f"solver '{self.name}' has no parameter '{key}'; its parameters are: "
                                   f"{', '.join(self.defaults)}.")
             params[key] = _cast(key, value, self.defaults[key], self.name)
+        for key, rule in self.rules.items():
+            if not rule.allows(params[key]):
+                raise SolverError(f"solver '{self.name}' parameter '{key}' must be {rule.text()}, got "
+                                  f"{params[key]!r}.")
         self.preset = preset or ""
         self.params = params
         #: values a solver derives while sampling (e.g. DAPS's ``tau_used``): ``solve()`` adds them to Result.params

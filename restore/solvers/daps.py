@@ -119,9 +119,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, task_of,
-                   to01)
-
+from .base import (NORMALISE, Solver, SolverError, at_least, between, data_term_scale, measurement_pm1, one_of,
+                  positive, task_of, to01)
 CLOSED_FORM = ("auto", "on", "off")
 LIKELIHOODS = ("auto", "noise", "official")
 
@@ -222,6 +221,10 @@ class DAPSSolver(Solver):
         **_task_presets(),
     }
 
+    rules = {"mcmc": one_of("langevin", "hmc"), "annealing_steps": at_least(1), "ode_steps": at_least(1),
+             "mcmc_steps": at_least(0), "lr": positive(), "tau": positive(), "momentum": between(0, 1, high_open=True),
+             "normalise": one_of(*NORMALISE), "closed_form": one_of(*CLOSED_FORM), "likelihood": one_of(*LIKELIHOODS)}
+
     def __init__(self, preset=None, **overrides):
         super().__init__(preset, **overrides)
         p = self.params
@@ -229,27 +232,15 @@ class DAPSSolver(Solver):
         # as the official configs pair every step count with the task's settings; explicit overrides win
         self._explicit = {k for k, v in overrides.items() if v is not None}
         self._base_mcmc = {k: p[k] for k in ("mcmc_steps", "lr", "lr_min_ratio")}
-        if p["mcmc"] not in ("langevin", "hmc"):
-            raise SolverError(f"daps: mcmc must be 'langevin' or 'hmc', got '{p['mcmc']}'.")
-        if p["annealing_steps"] < 1 or p["ode_steps"] < 1 or p["mcmc_steps"] < 0:
-            raise SolverError("daps: annealing_steps and ode_steps must be at least 1 and mcmc_steps at least 0.")
         if not (p["sigma_max"] > p["sigma_min"] > p["ode_sigma_min"] > 0):
             raise SolverError(f"daps: need sigma_max > sigma_min > ode_sigma_min > 0, got {p['sigma_max']:g}, "
                               f"{p['sigma_min']:g}, {p['ode_sigma_min']:g}.")
-        if p["lr"] <= 0 or p["tau"] <= 0 or not (0 <= p["momentum"] < 1):
-            raise SolverError("daps: lr and tau must be positive and momentum in [0, 1).")
-        if p["normalise"] not in NORMALISE:
-            raise SolverError(f"daps: normalise must be one of {', '.join(NORMALISE)}, got '{p['normalise']}'.")
-        if p["closed_form"] not in CLOSED_FORM:
-            raise SolverError(f"daps: closed_form must be one of {', '.join(CLOSED_FORM)}, got '{p['closed_form']}'.")
-        if p["likelihood"] not in LIKELIHOODS:
-            raise SolverError(f"daps: likelihood must be one of {', '.join(LIKELIHOODS)}, got '{p['likelihood']}'.")
 
     # ----------------------------------------------------------------------------------------------------------------
     def sample(self, y, op, prior, rng, progress=None):
-        p = self.params
         latent = bool(getattr(prior.card, "latent", False))
-        p.update(self.params_for(op, prior))  # mcmc_from_task: the task's settings; the sidecar shows them
+        p = self.params_for(op, prior)  # mcmc_from_task: the task's settings (reported: the sidecar shows them)
+        self.reported.update({k: v for k, v in p.items() if v != self.params[k]})
         N, M, J = p["annealing_steps"], p["ode_steps"], p["mcmc_steps"]
         s = residual_scale(op)
         why_not = closed_form_refusal(op, latent, p["mcmc"])

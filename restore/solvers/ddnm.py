@@ -56,7 +56,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, real_part, spectrum, to01
+from .base import Solver, SolverError, at_least, between, measurement_pm1, real_part, spectrum, to01
 from .ddrm import ddrm_timesteps
 from .dps import alphas_cumprod64
 
@@ -101,13 +101,7 @@ class DDNM(Solver):
                                        "not the evaluated setting)"},
     }
 
-    def __init__(self, preset: str | None = None, **overrides):
-        super().__init__(preset, **overrides)
-        p = self.params
-        if not 0 <= p["eta"] <= 1:
-            raise SolverError(f"DDNM eta must be between 0 and 1, got {p['eta']}.")
-        if p["travel_length"] < 1 or p["travel_repeat"] < 1:
-            raise SolverError("DDNM travel_length and travel_repeat must be at least 1 (1 = no time travel).")
+    rules = {"eta": between(0, 1), "travel_length": at_least(1), "travel_repeat": at_least(1), "steps": at_least(1)}
 
     def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         p = self.params

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, real_part, spectrum
+from .base import Solver, SolverError, at_least, between, measurement_pm1, real_part, spectrum
 from .dps import alphas_cumprod64
 
 
@@ -71,13 +71,7 @@ class DDRM(Solver):
                                      "T; not the official setting"},
     }
 
-    def __init__(self, preset: str | None = None, **overrides):
-        super().__init__(preset, **overrides)
-        p = self.params
-        if not 0 <= p["eta"] <= 1 or not 0 <= p["eta_b"] <= 1:
-            raise SolverError(f"DDRM eta and eta_b must be between 0 and 1, got {p['eta']} and {p['eta_b']}.")
-        if p["steps"] < 1:
-            raise SolverError(f"DDRM steps must be at least 1, got {p['steps']}.")
+    rules = {"eta": between(0, 1), "eta_b": between(0, 1), "steps": at_least(1)}
 
     def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         p = self.params

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, real_part, spectrum, task_of
+from .base import Solver, at_least, between, positive, real_part, spectrum, task_of
 from .dps import alphas_cumprod64
 
 
@@ -74,15 +74,7 @@ class DiffPIR(Solver):
         "20": {"steps": 20, "description": "the paper's NFE-20 setting (λ = 1, ζ = 0.1)"},
     }
 
-    def __init__(self, preset: str | None = None, **overrides):
-        super().__init__(preset, **overrides)
-        p = self.params
-        if not 0 <= p["zeta"] <= 1:
-            raise SolverError(f"DiffPIR zeta must be between 0 and 1, got {p['zeta']}.")
-        if p["lam"] <= 0 or p["sigma_floor"] <= 0:
-            raise SolverError(f"DiffPIR lam and sigma_floor must be positive, got {p['lam']} and {p['sigma_floor']}.")
-        if p["steps"] < 2:
-            raise SolverError(f"DiffPIR steps must be at least 2, got {p['steps']}.")
+    rules = {"zeta": between(0, 1), "lam": positive(), "sigma_floor": positive(), "steps": at_least(2)}
 
     def auto_preset(self, op, prior=None) -> str | None:
         task = task_of(op.spec)

@@ -64,8 +64,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import NORMALISE, Solver, SolverError, batch_norm, data_term_scale, to01
-
+from .base import NORMALISE, Solver, SolverError, at_least, batch_norm, data_term_scale, one_of, to01
 VARIANCES = ("auto", "learned", "fixedlarge", "fixedsmall")
 
 
@@ -126,14 +125,8 @@ class DPS(Solver):
                                 "need a larger step; on faces64 SR×4, ζ = 0.5/1/2/4 gave 12.6/16.4/19.3/21.1 dB)"},
     }
 
-    def __init__(self, preset: str | None = None, **overrides):
-        super().__init__(preset, **overrides)
-        if self.params["variance"] not in VARIANCES:
-            raise SolverError(f"DPS variance must be one of {', '.join(VARIANCES)}, got '{self.params['variance']}'.")
-        if not self.params["scale"] >= 0:
-            raise SolverError(f"DPS scale must be zero or positive, got {self.params['scale']}.")
-        if self.params["normalise"] not in NORMALISE:
-            raise SolverError(f"DPS normalise must be one of {', '.join(NORMALISE)}, got '{self.params['normalise']}'.")
+    rules = {"variance": one_of(*VARIANCES), "scale": at_least(0), "normalise": one_of(*NORMALISE),
+             "steps": at_least(1)}
 
     def sample(self, y: Tensor, op, prior, rng, progress=None) -> Tensor:
         zeta = float(self.params["scale"])

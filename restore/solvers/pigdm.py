@@ -71,7 +71,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import Solver, SolverError, measurement_pm1, real_part, spectrum, to01
+from .base import Solver, SolverError, at_least, between, measurement_pm1, real_part, spectrum, to01
 from .dps import alphas_cumprod64
 
 
@@ -88,13 +88,7 @@ class PiGDM(Solver):
                                                     "whatever the noise, 100 steps, η = 0, λ = 1, awd"},
     }
 
-    def __init__(self, preset: str | None = None, **overrides):
-        super().__init__(preset, **overrides)
-        p = self.params
-        if not 0 <= p["eta"] <= 1:
-            raise SolverError(f"pigdm eta must be between 0 and 1, got {p['eta']}.")
-        if p["steps"] < 1:
-            raise SolverError(f"pigdm steps must be at least 1, got {p['steps']}.")
+    rules = {"eta": between(0, 1), "steps": at_least(1)}
 
     def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
         p = self.params

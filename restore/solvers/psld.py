@@ -86,8 +86,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .base import (NORMALISE, Solver, SolverError, batch_norm, data_term_scale, latent_shape, to01,
-                   to_pm1)
+from .base import (NORMALISE, Solver, SolverError, at_least, batch_norm, data_term_scale, latent_shape, one_of, to01,
+                  to_pm1)
 from .dps import alphas_cumprod64
 
 
@@ -158,13 +158,7 @@ class PSLD(Solver):
                                     "(1000 steps)"},
     }
 
-    def __init__(self, preset: str | None = None, **overrides):
-        super().__init__(preset, **overrides)
-        p = self.params
-        if not (p["omega"] >= 0 and p["gamma"] >= 0 and p["eta"] >= 0):
-            raise SolverError("psld omega, gamma and eta must be zero or positive.")
-        if p["normalise"] not in NORMALISE:
-            raise SolverError(f"psld normalise must be one of {', '.join(NORMALISE)}, got '{p['normalise']}'.")
+    rules = {"omega": at_least(0), "gamma": at_least(0), "eta": at_least(0), "normalise": one_of(*NORMALISE)}
 
     def check(self, op, prior) -> None:
         super().check(op, prior)

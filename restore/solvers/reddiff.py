@@ -70,9 +70,8 @@ import math
 import torch
 from torch import Tensor
 
-from .base import (NORMALISE, Solver, SolverError, data_term_scale, measurement_pm1, to01,
-                   to_pm1)
-
+from .base import (NORMALISE, Solver, SolverError, at_least, data_term_scale, measurement_pm1, one_of, positive, to01,
+                  to_pm1)
 # denoise_term_weight options of algos/reddiff.py, as functions of snr_inv = σ_t = √(1−ᾱ_t)/√ᾱ_t
 WEIGHTINGS = {
     "linear": lambda s: s,
@@ -103,15 +102,7 @@ class REDDiffSolver(Solver):
     betas = (0.9, 0.99)
     adam_eps = 1e-8
 
-    def __init__(self, preset=None, **overrides):
-        super().__init__(preset, **overrides)
-        p = self.params
-        if p["weighting"] not in WEIGHTINGS:
-            raise SolverError(f"reddiff: weighting must be one of {', '.join(WEIGHTINGS)}; got '{p['weighting']}'.")
-        if p["steps"] < 1 or p["lr"] <= 0:
-            raise SolverError("reddiff: steps must be at least 1 and lr positive.")
-        if p["normalise"] not in NORMALISE:
-            raise SolverError(f"reddiff: normalise must be one of {', '.join(NORMALISE)}, got '{p['normalise']}'.")
+    rules = {"weighting": one_of(*WEIGHTINGS), "steps": at_least(1), "lr": positive(), "normalise": one_of(*NORMALISE)}
 
     def sample(self, y, op, prior, rng, progress=None):
         p = self.params

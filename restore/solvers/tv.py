@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SolverError, operator_gain
+from .base import SolverError, at_least, operator_gain
 from .baselines import Baseline, suggestion
 
 #: λ = ‖A‖ · λ₀ · (max(σ_y, σ₀)/0.05)^p per operator family: (λ₀, p, σ₀), measured on training images (``TVSolver``)
@@ -127,6 +127,7 @@ class TVSolver(Baseline):
     description = "baseline: total-variation regularised least squares, Chambolle-Pock (any linear operator)"
     families = tuple(TV_RULE)
     defaults = {"iterations": 300, "tol": 1e-4, "weight": 0.0}
+    rules = {"iterations": at_least(1), "tol": at_least(0), "weight": at_least(0)}
     presets = {"default": {"description": "λ = ‖A‖·λ₀·(max(σ_y, σ₀)/0.05)^p per family (TV_RULE), ≤ 300 iterations"}}
     steps_param = "iterations"
 
@@ -136,8 +137,6 @@ class TVSolver(Baseline):
             raise SolverError(f"tv needs a linear operator but '{family}' is not; {suggestion(family)}.")
         if op.spec.family not in TV_RULE and self.params["weight"] <= 0:
             raise SolverError(f"tv has no measured λ rule for '{op.spec.family}'; set λ with --param weight=VALUE.")
-        if self.params["iterations"] < 1:
-            raise SolverError(f"tv needs at least 1 iteration, got {self.params['iterations']}.")
 
     def weight(self, op, norm: Tensor) -> Tensor:
         """λ per image, shaped (B,)."""
