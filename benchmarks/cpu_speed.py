@@ -54,6 +54,9 @@ def worker(cfg: dict) -> dict:
         evaluation = prepare(prior, torch.device("cpu"), Acceleration(**cfg["accel"]))
     img = load_image(cfg["image"])
     s = cfg["size"]
+    if min(img.shape[1:]) < s:
+        raise SystemExit(f"{cfg['image']} is {img.shape[1]}×{img.shape[2]}, smaller than --sizes {s}; give a larger "
+                         f"image.")
     top, left = (img.shape[1] - s) // 2, (img.shape[2] - s) // 2
     x = img[:, top:top + s, left:left + s][None].contiguous()
     op = build(cfg["task"], x.shape[1:], seeds=[0])
