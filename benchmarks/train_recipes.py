@@ -13,10 +13,13 @@ Every candidate is one resumable ``priors.train.fit`` run in ``--work/NAME`` (ch
 results JSON is rewritten after every evaluation and finished points are skipped, so the script is run again to go
 on after an interruption. The noise of every evaluation is fixed (one generator per σ), the same for all candidates.
 
+``--table`` prints the markdown table of a results JSON (EMA weights; in brackets the difference from the first
+candidate at the same images seen).
+
 Usage (the figures in docs/priors.md)::
 
     OMP_NUM_THREADS=1 python benchmarks/train_recipes.py --data ../shared/data/train/faces64 \\
-        --test ../shared/data/test/faces64 --arch cpu64 --size 64 --steps 800 --eval-every 200 \\
+        --test ../shared/data/test/faces64 --arch cpu64 --size 64 --steps 500 --eval-every 125 \\
         --json docs/priors/recipes_faces64.json
 """
 
@@ -40,8 +43,8 @@ from priors.train import ImageFolder, TrainConfig, core, fit, make_network  # no
 SIGMAS = (0.05, 0.1, 0.2, 0.4, 1.0)
 CANDIDATES = {
     "ddpm": {},
-    "ddpm-cosine": {"lr_schedule": "cosine"},
     "edm": {"precond": "edm"},
+    "ddpm-cosine": {"lr_schedule": "cosine"},
     "edm-cosine": {"precond": "edm", "lr_schedule": "cosine"},
 }
 
@@ -71,6 +74,26 @@ def weights_at(cfg: TrainConfig, work: Path, which: str) -> tuple[torch.nn.Modul
     return net, int(state["step"]), float(state["seconds"])
 
 
+def markdown_table(results: dict) -> str:
+    """The EMA denoiser PSNR of every candidate at every evaluation point (images seen, training hours), with the
+    difference from the first candidate at the same point."""
+    cands = results["candidates"]
+    first = next(iter(cands))
+    base = {p["step"]: p["ema"] for p in cands[first]["points"]}
+    sigmas = [str(s) for s in results["setup"]["sigmas"]]
+    lines = ["| recipe | images seen | CPU h | " + " | ".join(f"σ = {s}" for s in sigmas) + " |",
+             "|---|---|---|" + "---|" * len(sigmas)]
+    for name, rows in cands.items():
+        for p in rows["points"]:
+            cells = []
+            for s in sigmas:
+                v = p["ema"][s]
+                diff = v - base[p["step"]][s] if name != first and p["step"] in base else None
+                cells.append(f"{v:.2f}" + (f" ({diff:+.2f})" if diff is not None else ""))
+            lines.append(f"| {name} | {p['images_seen']:,} | {p['train_seconds'] / 3600:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="training images")
@@ -88,7 +111,11 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "restore" / "recipes"))
     ap.add_argument("--json", required=True)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --json and stop (no training)")
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.json).read_text())))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     unknown = [c for c in args.candidates.split(",") if c not in CANDIDATES]
@@ -115,6 +142,10 @@ def main() -> None:
         for stop in range(args.eval_every, args.steps + 1, args.eval_every):
             if stop in done:
                 continue
+            ckpt = Path(cfg.work_dir) / "checkpoint.pt"
+            if ckpt.exists() and int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) > stop:
+                sys.exit(f"{ckpt} is past step {stop} but its evaluation is missing from {out_path}; remove the "
+                         f"candidate's work folder to measure it again.")
             t0 = time.perf_counter()
             fit(cfg, data, log=lambda m: print(f"[{name}] {m}", flush=True), stop_at=stop)
             point = {"step": stop, "images_seen": stop * args.batch_size}
