@@ -98,9 +98,12 @@ def run_gpu(labels: list[str], noise: Noise, device: str = "cuda", config=None, 
 
 
 def time_line(points: list[dict]) -> tuple[float, float]:
-    """(setup, per-step) seconds of the line through two short runs; a negative setup (timing noise) counts as 0."""
+    """(setup, per-step) seconds of the line through two short runs; a negative setup (timing noise) counts as 0, and
+    so does the setup when the longer run measured no slower (a busy machine): then per step = its seconds / steps."""
     (k1, t1), (k2, t2) = ((p["steps"], p["seconds"]) for p in points)
     per_step = (t2 - t1) / (k2 - k1)
+    if per_step <= 0:
+        return 0.0, t2 / k2
     return max(t1 - per_step * k1, 0.0), per_step
 
 
@@ -108,6 +111,8 @@ def extrapolate(points: list[dict], field: str, steps: int) -> float:
     """``field`` at ``steps`` on the line through two short runs (a once-per-run part, e.g. DPS's operator-norm
     estimate on CT, is counted once, not once per step)."""
     (k1, v1), (k2, v2) = ((p["steps"], p[field]) for p in points)
+    if "seconds" in field and 0 < v2 <= v1:  # timing noise: the longer run took no longer; scale it instead
+        return v2 / k2 * steps
     return v1 + (v2 - v1) / (k2 - k1) * (steps - k1)
 
 
