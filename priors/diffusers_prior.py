@@ -38,9 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adm import state_dict_mismatch
 from .base import DiffusionPrior, PriorCard, PriorError, cosine_betas, ldm_linear_betas, linear_betas
-from .weights import _short, read_state_dict
+from .weights import _short, load_strict, read_state_dict
 
 __all__ = ["load_diffusers", "DiffusersEps", "schedule_from_config"]
 
@@ -246,13 +245,8 @@ def _load_model(cls, d: Path, what: str) -> tuple[nn.Module, dict]:
     fix = getattr(model, "_fix_state_dict_keys_on_load", None)  # legacy attention names (query/key/value/proj_attn)
     if callable(fix):
         state = fix(state) or state
-    expected = model.state_dict()
-    problems = state_dict_mismatch(expected, state)
-    if problems:
-        raise PriorError(f"the weights in '{d}' do not match its config.json: {'; '.join(problems[:3])}; the "
-                         f"folder mixes files of different models: download it again.")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
-    return model.eval(), config
+    return load_strict(model, state, str(d), "the folder mixes files of different models: download it again",
+                       what=f"the weights in '{d}' do not match its config.json"), config
 
 
 def _model_card(folder: Path) -> dict[str, str]:

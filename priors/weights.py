@@ -68,14 +68,16 @@ def _short(exc: Exception) -> str:
     return text[:160]
 
 
-def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, fix: str) -> torch.nn.Module:
+def load_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, fix: str,
+                what: str = "") -> torch.nn.Module:
     """Load ``state`` into ``model`` exactly (every key, every shape) or refuse with the first differences and
-    ``fix``; never a partial load or a silent random initialisation."""
+    ``fix``; never a partial load or a silent random initialisation. ``what`` starts the refusal (default:
+    "'SOURCE' does not match the architecture it is loaded as")."""
     expected = model.state_dict()
     problems = state_dict_mismatch(expected, state)
     if problems:
-        raise PriorError(f"'{source}' does not match the architecture it is loaded as: {'; '.join(problems[:3])}; "
-                         f"{fix}.")
+        what = what or f"'{source}' does not match the architecture it is loaded as"
+        raise PriorError(f"{what}: {'; '.join(problems[:3])}; {fix}.")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     return model.eval()
 
