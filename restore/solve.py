@@ -208,12 +208,13 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         params: dict | None = None, protect: "list[str | Path]" = (), fit: str | None = None,
         memory_check: bool = True, notify: Callable[[str], None] | None = None,
         shard: tuple[int, int] = (0, 1), accel: "Acceleration | None" = None) -> list[dict]:
-    """Solve every job; returns one row per image (status, output, metrics, cost). ``params`` override single solver
-    parameters on top of the preset (``--param KEY=VALUE``); ``fit`` (pad, crop, resize) fits plain images to the
-    prior's size (``restore.fit``). Before any work the largest batch's memory is checked against the free memory
-    (``memory_check``) and, through ``notify``, a long run says its estimated time. ``samples`` K > 1 draws K posterior
-    samples per image and writes their ``estimate`` (mean, median or sample) and a std map; a deterministic solver
-    says so (``notify``) and runs once. ``shard`` (i, n) solves only every n-th job from the i-th (torchrun's ranks),
+    """Solve every job; returns one row per image of this shard in the order of ``jobs`` (status, output, metrics,
+    cost), however many were resumed or grouped. ``params`` override single solver parameters on top of the preset
+    (``--param KEY=VALUE``); ``fit`` (pad, crop, resize) fits plain images to the prior's size (``restore.fit``).
+    Before any work the largest batch's memory is checked against the free memory (``memory_check``) and, through
+    ``notify``, a long run says its estimated time. ``samples`` K > 1 draws K posterior samples per image and writes
+    their ``estimate`` (mean, median or sample) and a std map; a deterministic solver says so (``notify``) and runs
+    once. ``shard`` (i, n) solves only every n-th job from the i-th (torchrun's ranks),
     with outputs named and checked over all jobs. ``accel`` says how the prior's network is evaluated (tiles for
     large images, channels-last, precision, compile: ``restore.acceleration``). No output is written over an input, a
     reference, a file in ``protect`` (e.g. the mask file) or any file restore did not write (see ``restore.outputs``)."""
@@ -240,8 +241,10 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
     # every target is checked before any work: never an input of this run, never a file restore did not write
     guard = OutputGuard([j.source for j in jobs] + [Path(j.reference_path) for j in jobs if j.reference_path]
                         + [Path(p) for p in protect])
+    position: dict[str, int] = {}  # the rows come back in the jobs' order, whatever was resumed or grouped
     for k, (job, name) in enumerate(zip(jobs, output_names([j.rel for j in jobs], f".{out_format}"))):
         target = out / name
+        position[str(target)] = k
         sidecar = target.with_suffix(".json")
         ours = is_restore_sidecar(sidecar)
         for path in [sidecar, target] + ([std_path(target)] if samples > 1 else []):
@@ -326,6 +329,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
                     write_json(tmps[-1], sidecar, atomic=False)
                 row.update(status="written", notes=job.notes, **metrics)
                 rows.append(row)
+    rows.sort(key=lambda r: position[r["output"]])
     return rows
 
 

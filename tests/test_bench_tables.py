@@ -3,6 +3,7 @@ baseline with paired 95% intervals (checked against scipy's paired t-test)."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,25 @@ def test_bench_solver_presets_provenance_and_gain_table(tmp_path, capsys):
     # an unknown preset in a label is refused before any work
     code = main(["bench", str(folder), "-o", "denoise", "--solver", "ddnm:nonsense", "--out", str(tmp_path / "c")])
     assert code == 2 and "no preset 'nonsense'" in capsys.readouterr().err
+
+
+def test_rows_name_their_own_images_when_sizes_group_and_runs_resume(tmp_path, capsys):
+    """Images of two sizes are solved in two groups, and a resumed run reads finished images back before solving the
+    rest: each row must still carry its own image's name and metrics (a reordering once paired the wrong images)."""
+    folder = tmp_path / "clean"
+    g = torch.Generator().manual_seed(2)
+    for k, side in enumerate((16, 24, 16, 24)):
+        save_image(folder / f"im{k}.png", torch.rand(3, side, side, generator=g))
+    args = ["bench", str(folder), "-o", "denoise", "--noise", "0.1", "--solver", "pinv", "--baselines", "nlm",
+            "--out", str(tmp_path / "b"), "--threads", "1"]
+    assert main(args) == 0, capsys.readouterr().err
+    (tmp_path / "b" / "op0" / "nlm" / "im0.png").unlink()  # im0 is solved again, after the three read back
+    assert main(args) == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert [r["image"] for r in rows if r["solver"] == "nlm"] == ["im0.png", "im1.png", "im2.png", "im3.png"]
+    for r in rows:
+        side = json.loads((tmp_path / "b" / "op0" / r["solver"] / r["image"]).with_suffix(".json").read_text())
+        assert Path(side["input"]).name == r["image"] and side["metrics"]["psnr"] == r["psnr"], r
 
 
 def _bench_folder(tmp_path, capsys):
