@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     """Train (or resume) and write the final weights and model card. Returns (weights path, card path)."""
     data = ImageFolder(cfg.data, cfg.size, cfg.channels, cfg.crop, cfg.max_images, cfg.value_map,
                        progress=lambda i, n: log(f"loading images {i}/{n}") if i == n else None, load_size=cfg.load_size)
-    for warning in training_warnings(len(data), cfg.steps, cfg.batch_size):
+    for warning in training_warnings(len(data), cfg.steps, cfg.batch_size, fine_tune=bool(cfg.init)):
         log(f"warning: {warning}")
     fitted = fit(cfg, data, log, on_step)
     shapes = {a.shape[:2] for a in data.images}
@@ -217,13 +217,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
 FEW_IMAGES, FEW_IMAGES_SEEN = 50, 20_000
 
 
-def training_warnings(images: int, steps: int, batch_size: int) -> list[str]:
-    """What a user should hear before a training that cannot give a useful prior."""
+def training_warnings(images: int, steps: int, batch_size: int, fine_tune: bool = False) -> list[str]:
+    """What a user should hear before a training that cannot give a useful prior (a fine-tune, ``--init``, starts
+    from a trained one: a short run is not a warning there)."""
     out = []
     if images < FEW_IMAGES:
         out.append(f"{images} training images is very few (a prior memorises them, or learns noise); use at least "
                    f"{FEW_IMAGES}, better thousands.")
-    if steps * batch_size < FEW_IMAGES_SEEN:
+    if steps * batch_size < FEW_IMAGES_SEEN and not fine_tune:
         out.append(f"{steps} steps of batch {batch_size} ({steps * batch_size:,} images seen) is far too short to "
                    f"learn a prior (the embedded ones saw 22,000–128,000); samples will look like noise.")
     return out

@@ -229,6 +229,7 @@ def test_training_warnings_for_few_images_and_short_runs():
     from priors.train import training_warnings
 
     assert training_warnings(22_407, 4_600, 16) == []
+    assert training_warnings(400, 500, 16, fine_tune=True) == [] and len(training_warnings(400, 500, 16)) == 1
     few = " ".join(training_warnings(8, 30, 16))
     assert "8 training images is very few" in few and "30 steps of batch 16 (480 images seen)" in few
 
