@@ -8,13 +8,18 @@ Candidates (``--candidates``, comma-separated; ``CANDIDATES`` below):
   ddpm-cosine  the same with a cosine learning-rate decay to 0 at the last step
   edm          EDM preconditioning, log-normal noise levels and loss weighting (Karras et al. 2022; priors.precond)
   edm-cosine   both
+  crop32       today's recipe on 32×32 crops instead of --size (convolutional priors, ``--crop random``): a step
+               costs about a quarter, so it takes 4× the steps, evaluated at the same pixels seen; tested on the
+               same --size centre crops as the others (the network is convolutional)
 
 Every candidate is one resumable ``priors.train.fit`` run in ``--work/NAME`` (chunks of ``--eval-every`` steps); the
 results JSON is rewritten after every evaluation and finished points are skipped, so the script is run again to go
 on after an interruption. The noise of every evaluation is fixed (one generator per σ), the same for all candidates.
 
 ``--table`` prints the markdown table of a results JSON (EMA weights; in brackets the difference from the first
-candidate at the same images seen).
+candidate at the same evaluation point: the same images seen, or for ``crop32`` the same pixels seen).
+``--test-crop centre`` tests on native-scale centre crops of --size (photographs, scans) instead of whole images
+resized to --size (aligned faces).
 
 Usage (the figures in docs/priors.md)::
 
@@ -46,6 +51,7 @@ CANDIDATES = {
     "edm": {"precond": "edm"},
     "ddpm-cosine": {"lr_schedule": "cosine"},
     "edm-cosine": {"precond": "edm", "lr_schedule": "cosine"},
+    "crop32": {"size": 32, "_steps_factor": 4},
 }
 
 
@@ -79,16 +85,16 @@ def markdown_table(results: dict) -> str:
     difference from the first candidate at the same point."""
     cands = results["candidates"]
     first = next(iter(cands))
-    base = {p["step"]: p["ema"] for p in cands[first]["points"]}
+    base = [p["ema"] for p in cands[first]["points"]]  # compared at the same evaluation point
     sigmas = [str(s) for s in results["setup"]["sigmas"]]
     lines = ["| recipe | images seen | CPU h | " + " | ".join(f"σ = {s}" for s in sigmas) + " |",
              "|---|---|---|" + "---|" * len(sigmas)]
     for name, rows in cands.items():
-        for p in rows["points"]:
+        for k, p in enumerate(rows["points"]):
             cells = []
             for s in sigmas:
                 v = p["ema"][s]
-                diff = v - base[p["step"]][s] if name != first and p["step"] in base else None
+                diff = v - base[k][s] if name != first and k < len(base) else None
                 cells.append(f"{v:.2f}" + (f" ({diff:+.2f})" if diff is not None else ""))
             lines.append(f"| {name} | {p['images_seen']:,} | {p['train_seconds'] / 3600:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -103,6 +109,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--crop", default="resize")
+    ap.add_argument("--test-crop", default="resize", choices=("resize", "centre"),
+                    help="test images: resized to --size, or their native-scale centre crops of --size")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--steps", type=int, default=800)
@@ -126,20 +134,30 @@ def main() -> None:
     results = json.loads(out_path.read_text()) if out_path.is_file() else {}
     results.setdefault("setup", dict(data=args.data, test=args.test, arch=args.arch, size=args.size,
                                      batch_size=args.batch_size, lr=args.lr, steps=args.steps, sigmas=SIGMAS,
-                                     test_images=args.test_limit, threads=torch.get_num_threads()))
-    test = ImageFolder(args.test, args.size, args.channels, "resize", max_images=args.test_limit)
+                                     test_images=args.test_limit, test_crop=args.test_crop,
+                                     threads=torch.get_num_threads()))
+    test = ImageFolder(args.test, args.size, args.channels, "random" if args.test_crop == "centre" else "resize",
+                       max_images=args.test_limit)
     clean01 = (test.fixed() + 1) / 2
-    data = ImageFolder(args.data, args.size, args.channels, args.crop)
-    print(f"{len(data)} training images, {len(clean01)} test images", flush=True)
+    folders: dict[int, ImageFolder] = {}
+    print(f"{len(clean01)} test images", flush=True)
 
     for name in args.candidates.split(","):
-        cfg = TrainConfig(data=args.data, name=name, out="", size=args.size, channels=args.channels, arch=args.arch,
-                          crop=args.crop, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          checkpoint_every=args.eval_every, work_dir=str(Path(args.work) / name), device="cpu",
-                          **CANDIDATES[name])
+        settings = {k: v for k, v in CANDIDATES[name].items() if not k.startswith("_")}
+        factor = CANDIDATES[name].get("_steps_factor", 1)
+        if settings.get("size", args.size) != args.size and args.crop != "random":
+            sys.exit(f"candidate {name} trains on other crops than --size: it needs --crop random.")
+        settings = {"size": args.size} | settings
+        if settings["size"] not in folders:
+            folders[settings["size"]] = ImageFolder(args.data, settings["size"], args.channels, args.crop)
+        data = folders[settings["size"]]
+        steps, every = args.steps * factor, args.eval_every * factor
+        cfg = TrainConfig(data=args.data, name=name, out="", channels=args.channels, arch=args.arch,
+                          crop=args.crop, steps=steps, batch_size=args.batch_size, lr=args.lr,
+                          checkpoint_every=every, work_dir=str(Path(args.work) / name), device="cpu", **settings)
         rows = results.setdefault("candidates", {}).setdefault(name, {"recipe": dataclasses.asdict(cfg), "points": []})
         done = {p["step"] for p in rows["points"]}
-        for stop in range(args.eval_every, args.steps + 1, args.eval_every):
+        for stop in range(every, steps + 1, every):
             if stop in done:
                 continue
             ckpt = Path(cfg.work_dir) / "checkpoint.pt"
@@ -148,7 +166,8 @@ def main() -> None:
                          f"candidate's work folder to measure it again.")
             t0 = time.perf_counter()
             fit(cfg, data, log=lambda m: print(f"[{name}] {m}", flush=True), stop_at=stop)
-            point = {"step": stop, "images_seen": stop * args.batch_size}
+            point = {"step": stop, "images_seen": stop * args.batch_size,
+                     "pixels_seen": stop * args.batch_size * cfg.size**2}
             for which in ("ema", "model"):
                 net, step, seconds = weights_at(cfg, Path(cfg.work_dir), which)
                 point["train_seconds"] = round(seconds, 1)

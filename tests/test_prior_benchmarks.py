@@ -1,0 +1,132 @@
+"""The two prior benchmark scripts: ``benchmarks/prior_targets.py`` (the target table of the priors issue: verdicts
+from paired per-image gains, checked against scipy's paired t-test; the prepared test crops; the denoiser target at
+toy scale) and ``benchmarks/train_recipes.py`` (candidates compared at the same evaluation point; the 32² crop
+candidate runs 4× the steps for the same pixels seen)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from restore.io import load_image, save_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pt():
+    return _module("prior_targets")
+
+
+@pytest.fixture(scope="module")
+def tr():
+    return _module("train_recipes")
+
+
+def _rows(values: dict, baselines=("pinv", "bicubic", "tv"), lpips=None):
+    rows = []
+    for solver, per_image in values.items():
+        for k, v in enumerate(per_image):
+            rows.append(dict(image=f"im{k}.png", operator="sr", solver=solver, status="written",
+                             baseline=solver in baselines, psnr=float(v),
+                             lpips=float(lpips[solver][k]) if lpips else 0.2))
+    return rows
+
+
+def test_verdict_is_the_paired_gain_of_the_best_or_the_worst_solver(pt):
+    rng = np.random.default_rng(0)
+    bicubic = 25 + rng.normal(0, 1, 10)
+    values = {"pinv": bicubic - 1, "bicubic": bicubic, "tv": bicubic + 0.3,
+              "a": bicubic + 1.6 + rng.normal(0, 0.2, 10), "b": bicubic + 0.4 + rng.normal(0, 0.2, 10)}
+    rows = _rows(values)
+    best = pt.Target("t", "p", "text", "d", "sr4", solvers=("a", "b"), baseline="bicubic", margin=1.5)
+    r = pt.verdict(best, rows)
+    ci = stats.ttest_rel(values["a"], bicubic).confidence_interval(0.95)
+    assert r["decisive"] == "a" and math.isclose(r["gain"], float(np.mean(values["a"] - bicubic)), rel_tol=1e-9)
+    assert math.isclose(r["gain"] - r["gain_half"], ci.low, rel_tol=1e-9) and r["n"] == 10
+    assert r["met"] and r["strongest_baseline"] == "tv"  # tv beats the named bicubic: it is reported beside it
+    over = r["gains"]["a"]["over_strongest"]
+    assert math.isclose(over["mean"], float(np.mean(values["a"] - values["tv"])), rel_tol=1e-9)
+    every = pt.Target("t", "p", "text", "d", "sr4", solvers=("a", "b"), baseline="bicubic", margin=1.5, rule="every")
+    r = pt.verdict(every, rows)
+    assert r["decisive"] == "b" and not r["met"] and not r["sure"]
+    # a refused solver is listed, not counted
+    r = pt.verdict(pt.Target("t", "p", "x", "d", "sr4", solvers=("a", "gone"), baseline="bicubic"), rows)
+    assert r["refused"] == ["gone"] and r["decisive"] == "a"
+    table = pt.table({"faces64-sr4": pt.verdict(pt.TARGETS[3], _rows({**values, "ddnm:low-start": values["a"],
+                                                                       "ddrm:low-start": values["b"]}))})
+    line = next(row for row in table.splitlines() if "SR×4 best solver" in row)
+    assert "ddnm:low-start" in line and "| yes" in line and "tv " in line
+
+
+def test_prepared_photograph_crops_are_native_scale_centre_crops(pt, tmp_path):
+    shared = tmp_path / "shared"
+    img = torch.rand(3, 150, 200, generator=torch.Generator().manual_seed(0))
+    save_image(shared / "test" / "cbsd68" / "a.png", img)
+    folder = pt.prepared("cbsd68-c128", tmp_path / "work", shared)
+    crop = load_image(folder / "a.png")
+    ref = load_image(shared / "test" / "cbsd68" / "a.png")[:, 11:139, 36:164]
+    assert crop.shape == (3, 128, 128) and torch.equal(crop, ref)
+    assert pt.prepared("faces64", tmp_path / "work", shared) == shared / "test" / "faces64"
+
+
+def test_denoiser_target_against_bm3d_at_toy_scale(pt, tmp_path):
+    pytest.importorskip("bm3d")
+    from test_benchmark_solvers import _tiny_prior_file
+
+    shared = tmp_path / "shared"
+    g = torch.Generator().manual_seed(1)
+    for k in range(2):
+        save_image(shared / "test" / "photos" / f"{k}.png", torch.rand(3, 32, 32, generator=g))
+    weights = _tiny_prior_file(tmp_path / "prior")
+    t = pt.Target("den", "tiny", "denoising", "photos", kind="denoiser", baseline="bm3d", sigmas=(0.1,))
+    args = type("A", (), dict(work=tmp_path / "work", shared=shared))()
+    r = pt.run_denoiser(t, args, str(weights))
+    cache = json.loads((tmp_path / "work" / "den" / "bm3d_cache.json").read_text())
+    assert sorted(cache) == ["0.png:0.1", "1.png:0.1"]
+    row = r["per_sigma"]["0.1"]
+    assert math.isclose(row["bm3d"], float(np.mean(list(cache.values()))), rel_tol=1e-9)
+    assert math.isclose(r["gain"], row["prior"] - row["bm3d"], abs_tol=1e-9) and r["met"] == (r["gain"] >= 0)
+    cache["0.png:0.1"] = 99.0  # the cache is read back, not recomputed
+    (tmp_path / "work" / "den" / "bm3d_cache.json").write_text(json.dumps(cache))
+    assert pt.run_denoiser(t, args, str(weights))["per_sigma"]["0.1"]["bm3d"] > 50
+
+
+def test_recipes_compare_at_the_same_point_and_crop32_sees_the_same_pixels(tr, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    g = torch.Generator().manual_seed(2)
+    for k in range(3):
+        save_image(data / f"{k}.png", torch.rand(3, 72, 80, generator=g))
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", ["train_recipes", "--data", str(data), "--test", str(data), "--arch", "tiny",
+                                      "--size", "64", "--crop", "random", "--test-crop", "centre", "--steps", "2",
+                                      "--eval-every", "1", "--test-limit", "2", "--candidates", "ddpm,crop32",
+                                      "--work", str(tmp_path / "w"), "--json", str(out), "--batch-size", "2"])
+    tr.main()
+    res = json.loads(out.read_text())
+    ddpm, crop = (res["candidates"][c]["points"] for c in ("ddpm", "crop32"))
+    assert [p["step"] for p in ddpm] == [1, 2] and [p["step"] for p in crop] == [4, 8]
+    assert [p["pixels_seen"] for p in ddpm] == [p["pixels_seen"] for p in crop] == [2 * 64**2, 4 * 64**2]
+    assert res["candidates"]["crop32"]["recipe"]["size"] == 32 and res["setup"]["test_crop"] == "centre"
+    table = tr.markdown_table(res)
+    first = ddpm[0]["ema"]["0.05"]
+    row = next(line for line in table.splitlines() if line.startswith("| crop32 | 8 |"))
+    assert f"({crop[0]['ema']['0.05'] - first:+.2f})" in row
