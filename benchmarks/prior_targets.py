@@ -176,35 +176,42 @@ def verdict(t: Target, rows: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def run_denoiser(t: Target, args, prior_name: str) -> dict:
-    """The prior's denoiser against BM3D, whole images one by one (same noise for both; BM3D cached)."""
+def denoiser_scores(prior, files: list, sigma: float, cache_path: Path) -> tuple[list[float], list[float]]:
+    """Per image: PSNR of the prior's D(x + σn, σ) and of BM3D on the same noisy image (whole images, cropped to
+    the network's size multiple; the noise is seeded by the image's name and σ). BM3D's scores are cached in
+    ``cache_path``: they do not depend on the prior."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from priors_eval import bm3d_denoise
 
     from restore.degrade import image_seed
 
-    prior = priors.resolve(prior_name)
-    mult = prior.size_multiple
-    files = spread(list(find_images([str(prepared(t.data, args.work, args.shared))])), t.limit)
-    cache_path = args.work / t.id / "bm3d_cache.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    mult = prior.size_multiple
+    ours, theirs = [], []
+    for path, rel in files:
+        x = load_image(path)
+        h, w = (x.shape[-2] // mult) * mult, (x.shape[-1] // mult) * mult
+        x = x[:, :h, :w]
+        key = f"{rel.as_posix()}:{sigma}"
+        g = torch.Generator().manual_seed(image_seed(0, key))
+        noisy = x + sigma * torch.randn(x.shape, generator=g)
+        d = (prior.denoise(noisy[None] * 2 - 1, 2 * sigma)[0] + 1) / 2
+        ours.append(psnr(d.clamp(0, 1), x))
+        if key not in cache:
+            cache[key] = psnr(bm3d_denoise(noisy, sigma).clamp(0, 1), x)
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        theirs.append(cache[key])
+    return ours, theirs
+
+
+def run_denoiser(t: Target, args, prior_name: str) -> dict:
+    """The prior's denoiser against BM3D, whole images one by one (same noise for both; BM3D cached)."""
+    prior = priors.resolve(prior_name)
+    files = spread(list(find_images([str(prepared(t.data, args.work, args.shared))])), t.limit)
     per_sigma = {}
     for sigma in t.sigmas:
-        ours, theirs = [], []
-        for path, rel in files:
-            x = load_image(path)
-            h, w = (x.shape[-2] // mult) * mult, (x.shape[-1] // mult) * mult
-            x = x[:, :h, :w]
-            g = torch.Generator().manual_seed(image_seed(0, f"{rel.as_posix()}:{sigma}"))
-            noisy = x + sigma * torch.randn(x.shape, generator=g)
-            d = (prior.denoise(noisy[None] * 2 - 1, 2 * sigma)[0] + 1) / 2
-            ours.append(psnr(d.clamp(0, 1), x))
-            key = f"{rel.as_posix()}:{sigma}"
-            if key not in cache:
-                cache[key] = psnr(bm3d_denoise(noisy, sigma).clamp(0, 1), x)
-                cache_path.parent.mkdir(parents=True, exist_ok=True)
-                cache_path.write_text(json.dumps(cache, indent=1))
-            theirs.append(cache[key])
+        ours, theirs = denoiser_scores(prior, files, sigma, args.work / t.id / "bm3d_cache.json")
         m, h, n = mean_ci([a - b for a, b in zip(ours, theirs)])
         per_sigma[str(sigma)] = {"prior": statistics.fmean(ours), "bm3d": statistics.fmean(theirs),
                                  "gain": m, "gain_half": h, "n": n}
