@@ -1,9 +1,9 @@
 """Quality against compute for one prior: its denoiser on whole test images at several checkpoints of a training
 run, against BM3D on the same noisy images, and the compute a log-linear trend projects for reaching BM3D.
 
-Each weight file is one point: images seen (its card's steps × batch plus, for a fine-tune, those of the prior it
-started from) and training seconds, and the mean PSNR of D(x + σn, σ) per σ (``prior_targets.denoiser_scores``: the
-same noise and the same cached BM3D scores as the target table). The projection fits PSNR = a + b·log₂(images seen)
+Each weight file is one point: the crops and pixels seen (its card's steps × batch, plus for a fine-tune those of
+every prior it started from; crops of different sizes are compared by their pixels) and training seconds, and the mean PSNR of D(x + σn, σ) per σ (``prior_targets.denoiser_scores``: the
+same noise and the same cached BM3D scores as the target table). The projection fits PSNR = a + b·log₂(pixels seen)
 to the last ``--fit-last`` points per σ and solves for BM3D's PSNR: b is the gain per doubling of the training. A
 denoiser saturates, so the projection is a lower bound on the compute, and it says nothing about a larger network.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # prior_targets
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import priors  # noqa: E402
 from prior_targets import denoiser_scores  # noqa: E402
@@ -35,42 +35,42 @@ from restore.bench import spread  # noqa: E402
 from restore.io import find_images  # noqa: E402
 
 
-def compute_of(card) -> tuple[int, float]:
-    """(images seen, training seconds) of a prior, counting the prior a fine-tune started from."""
-    e = card.extra or {}
-    images = int(e.get("steps", 0)) * int(e.get("batch_size", 0))
-    images += int(e.get("init_steps") or 0) * int(e.get("init_batch_size") or 0)
-    seconds = float(e.get("train_seconds") or 0.0) + float(e.get("init_train_seconds") or 0.0)
-    return images, seconds
+def compute_of(card) -> tuple[int, int, float]:
+    """(images seen, pixels seen, training seconds) of a prior, counting every prior a fine-tune started from."""
+    from priors.train import training_before
+
+    total = training_before(card.extra or {})
+    return total["init_images_seen"], total["init_pixels_seen"], total["init_train_seconds"]
 
 
 def projection(points: list[dict], sigma: str, target: float, last: int) -> dict:
-    """Least-squares PSNR = a + b·log₂(images) over the last ``last`` points; the images at which it reaches
-    ``target`` (None when the trend does not rise)."""
-    pts = sorted(points, key=lambda p: p["images_seen"])[-last:]
-    x = np.log2([p["images_seen"] for p in pts])
+    """Least-squares PSNR = a + b·log₂(pixels seen) over the last ``last`` points; the pixels seen at which it
+    reaches ``target`` (None when the trend does not rise)."""
+    pts = sorted(points, key=lambda p: p["pixels_seen"])[-last:]
+    x = np.log2([p["pixels_seen"] for p in pts])
     y = np.array([p["psnr"][sigma] for p in pts])
     b, a = np.polyfit(x, y, 1)
     newest = pts[-1]
     reach = None if b <= 0 else float(2 ** ((target - a) / b))
-    return {"per_doubling": float(b), "images_needed": reach,
-            "factor": None if reach is None else reach / newest["images_seen"], "points": len(pts)}
+    return {"per_doubling": float(b), "pixels_needed": reach,
+            "factor": None if reach is None else reach / newest["pixels_seen"], "points": len(pts)}
 
 
 def table(res: dict) -> str:
     sigmas = res["sigmas"]
-    lines = ["| weights | images seen | CPU h | " + " | ".join(f"σ = {s}" for s in sigmas) + " |",
-             "|---|---|---|" + "---|" * len(sigmas)]
-    for p in sorted(res["points"], key=lambda p: p["images_seen"]):
-        lines.append(f"| {p['label']} | {p['images_seen']:,} | {p['seconds'] / 3600:.2f} | "
+    lines = ["| weights | crops seen | pixels seen (10⁹) | CPU h | " + " | ".join(f"σ = {s}" for s in sigmas) + " |",
+             "|---|---|---|---|" + "---|" * len(sigmas)]
+    for p in sorted(res["points"], key=lambda p: p["pixels_seen"]):
+        lines.append(f"| {p['label']} | {p['images_seen']:,} | {p['pixels_seen'] / 1e9:.2f} | {p['seconds'] / 3600:.2f} | "
                      + " | ".join(f"{p['psnr'][s]:.2f}" for s in sigmas) + " |")
-    lines.append("| **BM3D** (same noise) | | | " + " | ".join(f"{res['bm3d'][s]:.2f}" for s in sigmas) + " |")
+    lines.append("| **BM3D** (same noise) | | | | " + " | ".join(f"{res['bm3d'][s]:.2f}" for s in sigmas) + " |")
     lines.append("")
-    lines.append("| σ | gain per doubling of images seen (dB) | images seen to reach BM3D (projected) | × the newest |")
+    lines.append("| σ | gain per doubling of the pixels seen (dB) | pixels seen to reach BM3D (projected, 10⁹) | "
+                 "× the newest |")
     lines.append("|---|---|---|---|")
     for s in sigmas:
         pr = res["projection"][s]
-        need = "not rising" if pr["images_needed"] is None else f"{pr['images_needed']:,.0f}"
+        need = "not rising" if pr["pixels_needed"] is None else f"{pr['pixels_needed'] / 1e9:,.1f}"
         fac = "–" if pr["factor"] is None else (f"{pr['factor']:.1f}" if pr["factor"] >= 1 else "reached")
         lines.append(f"| {s} | {pr['per_doubling']:+.2f} | {need} | {fac} |")
     return "\n".join(lines)
@@ -98,9 +98,9 @@ def main(argv=None) -> int:
            "points": [], "bm3d": {}}
     for w in args.weights:
         prior = priors.resolve(w)
-        images, seconds = compute_of(prior.card)
+        images, pixels, seconds = compute_of(prior.card)
         point = {"label": Path(w).stem, "file": str(w), "sha256": prior.card.sha256, "images_seen": images,
-                 "seconds": seconds, "psnr": {}}
+                 "pixels_seen": pixels, "seconds": seconds, "psnr": {}}
         for s in sigmas:
             ours, theirs = denoiser_scores(prior, files, s, args.bm3d_cache)
             point["psnr"][str(s)] = statistics.fmean(ours)

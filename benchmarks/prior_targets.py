@@ -180,7 +180,7 @@ def denoiser_scores(prior, files: list, sigma: float, cache_path: Path) -> tuple
     """Per image: PSNR of the prior's D(x + σn, σ) and of BM3D on the same noisy image (whole images, cropped to
     the network's size multiple; the noise is seeded by the image's name and σ). BM3D's scores are cached in
     ``cache_path``: they do not depend on the prior."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.append(str(Path(__file__).resolve().parent))  # priors_eval; appended: benchmarks/operators.py is no package
     from priors_eval import bm3d_denoise
 
     from restore.degrade import image_seed

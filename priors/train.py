@@ -266,7 +266,22 @@ def initial_weights(cfg: TrainConfig, adm: ADMConfig) -> tuple[dict[str, torch.T
     state = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
     extra = prior.card.extra or {}
     return state, dict(init=cfg.init, init_steps=extra.get("steps"), init_batch_size=extra.get("batch_size"),
-                       init_train_seconds=extra.get("train_seconds"))
+                       **training_before(extra))
+
+
+def training_before(extra: dict) -> dict:
+    """All the training behind a prior whose card extra is ``extra``, its own and that of every prior it was
+    fine-tuned from: images (crops) seen, pixels seen (crops of different sizes differ) and seconds."""
+    own = int(extra.get("steps") or 0) * int(extra.get("batch_size") or 0)
+    side = int(extra.get("train_size") or 0)
+    before_images, before_pixels = extra.get("init_images_seen"), extra.get("init_pixels_seen")
+    if before_images is None:  # a card from before these fields: its parent's own run, at this run's crop size
+        before_images = int(extra.get("init_steps") or 0) * int(extra.get("init_batch_size") or 0)
+        before_pixels = before_images * side * side
+    return dict(init_images_seen=own + int(before_images),
+                init_pixels_seen=own * side * side + int(before_pixels or 0),
+                init_train_seconds=float(extra.get("train_seconds") or 0.0)
+                + float(extra.get("init_train_seconds") or 0.0))
 
 
 #: the model card's parameterisation for each --precond, and back

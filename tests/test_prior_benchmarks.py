@@ -134,14 +134,15 @@ def test_recipes_compare_at_the_same_point_and_crop32_sees_the_same_pixels(tr, t
 
 def test_quality_against_compute_projection_solves_the_log_linear_trend(tmp_path):
     pc = _module("prior_curve")
-    # PSNR = 20 + 0.5·log2(images): BM3D's 27 dB is reached at 2^14 images, 16× the newest point's 2^10
-    points = [{"images_seen": 2**k, "psnr": {"0.1": 20 + 0.5 * k}} for k in (6, 8, 10)]
+    # PSNR = 20 + 0.5·log2(pixels): BM3D's 27 dB is reached at 2^14 pixels, 16× the newest point's 2^10
+    points = [{"pixels_seen": 2**k, "psnr": {"0.1": 20 + 0.5 * k}} for k in (6, 8, 10)]
     pr = pc.projection(points, "0.1", 27.0, last=3)
-    assert math.isclose(pr["per_doubling"], 0.5, rel_tol=1e-9) and math.isclose(pr["images_needed"], 2**14,
+    assert math.isclose(pr["per_doubling"], 0.5, rel_tol=1e-9) and math.isclose(pr["pixels_needed"], 2**14,
                                                                                   rel_tol=1e-6)
     assert math.isclose(pr["factor"], 16.0, rel_tol=1e-6)
-    flat = [{"images_seen": 2**k, "psnr": {"0.1": 25 - 0.1 * k}} for k in (6, 8, 10)]
-    assert pc.projection(flat, "0.1", 27.0, last=3)["images_needed"] is None
-    card = type("C", (), {"extra": {"steps": 1000, "batch_size": 16, "train_seconds": 100.0, "init_steps": 1400,
-                                    "init_batch_size": 16, "init_train_seconds": 50.0}})()
-    assert pc.compute_of(card) == (2400 * 16, 150.0)
+    flat = [{"pixels_seen": 2**k, "psnr": {"0.1": 25 - 0.1 * k}} for k in (6, 8, 10)]
+    assert pc.projection(flat, "0.1", 27.0, last=3)["pixels_needed"] is None
+    # a card from before the cumulative fields: its own run and its parent's (taken at the same crop size)
+    card = type("C", (), {"extra": {"steps": 1000, "batch_size": 16, "train_seconds": 100.0, "train_size": 32,
+                                    "init_steps": 1400, "init_batch_size": 16, "init_train_seconds": 50.0}})()
+    assert pc.compute_of(card) == (2400 * 16, 2400 * 16 * 32 * 32, 150.0)

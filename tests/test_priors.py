@@ -213,6 +213,13 @@ def test_fine_tuning_starts_from_the_given_prior_and_records_it(tmp_path, capsys
     assert torch.allclose(first.net(x, t), second.net(x, t), atol=1e-6)   # lr 1e-12: the weights it started from
     extra = json.loads(card_path.read_text())["extra"]
     assert extra["init"] == str(weights) and extra["init_steps"] == 2 and extra["steps"] == 1
+    assert extra["init_images_seen"] == 4 and extra["init_pixels_seen"] == 4 * 16 * 16
+    # a fine-tune of the fine-tune counts the whole chain: 4 + 2 images before it
+    again, card2 = train(TrainConfig(**dict(tuned.__dict__, name="again", work_dir=str(tmp_path / "w4"),
+                                            init=str(out))), log=lambda m: None)
+    extra2 = json.loads(card2.read_text())["extra"]
+    assert extra2["init_images_seen"] == 6 and extra2["init_pixels_seen"] == 6 * 16 * 16
+    assert extra2["init_train_seconds"] == pytest.approx(extra["train_seconds"] + extra["init_train_seconds"])
     code = main(["prior", "train", str(tmp_path / "data"), "--name", "x", "--out", str(tmp_path / "o3"), "--size",
                  "16", "--arch", "cpu64", "--steps", "1", "--init", str(weights), "--work-dir", str(tmp_path / "w3")])
     err = capsys.readouterr().err
