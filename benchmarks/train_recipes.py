@@ -96,7 +96,9 @@ def markdown_table(results: dict) -> str:
                 v = p["ema"][s]
                 diff = v - base[k][s] if name != first and k < len(base) else None
                 cells.append(f"{v:.2f}" + (f" ({diff:+.2f})" if diff is not None else ""))
-            lines.append(f"| {name} | {p['images_seen']:,} | {p['train_seconds'] / 3600:.2f} | " + " | ".join(cells) + " |")
+            size = rows["recipe"].get("size", results["setup"]["size"])
+            seen = f"{p['images_seen']:,}" + (f" ({size}² crops)" if size != results["setup"]["size"] else "")
+            lines.append(f"| {name} | {seen} | {p['train_seconds'] / 3600:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -128,7 +128,7 @@ def test_recipes_compare_at_the_same_point_and_crop32_sees_the_same_pixels(tr, t
     assert res["candidates"]["crop32"]["recipe"]["size"] == 32 and res["setup"]["test_crop"] == "centre"
     table = tr.markdown_table(res)
     first = ddpm[0]["ema"]["0.05"]
-    row = next(line for line in table.splitlines() if line.startswith("| crop32 | 8 |"))
+    row = next(line for line in table.splitlines() if line.startswith("| crop32 | 8 (32² crops) |"))
     assert f"({crop[0]['ema']['0.05'] - first:+.2f})" in row
 
 
