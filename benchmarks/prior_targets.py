@@ -49,7 +49,7 @@ import priors  # noqa: E402
 from restore.bench import bench, spread  # noqa: E402
 from restore.io import find_images, load_image, save_image  # noqa: E402
 from restore.metrics import psnr  # noqa: E402
-from restore.report import mean_ci  # noqa: E402
+from restore.report import mean_ci, summary  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALL_PIXEL_SOLVERS = ("dps:fast", "ddnm", "daps:daps-100", "reddiff:fast", "ddrm", "ddrm:low-start", "ddnm:low-start",
@@ -136,16 +136,10 @@ def paired(rows: list[dict], a: str, b: str, metric: str) -> dict:
 
 
 def method_means(rows: list[dict]) -> dict:
-    out = {}
-    for r in rows:
-        if r.get("status") == "written":
-            e = out.setdefault(r["solver"], {"psnr": [], "lpips": [], "baseline": bool(r.get("baseline"))})
-            for metric in ("psnr", "lpips"):
-                if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]):
-                    e[metric].append(r[metric])
-    return {k: {"psnr": statistics.fmean(v["psnr"]) if v["psnr"] else math.nan,
-                "lpips": statistics.fmean(v["lpips"]) if v["lpips"] else math.nan,
-                "n": len(v["psnr"]), "baseline": v["baseline"]} for k, v in out.items()}
+    """{method: {"psnr", "lpips": mean, "n", "baseline"}} over the written rows of one task."""
+    (per,) = summary(rows).values()
+    return {k: {"psnr": v["psnr"][0], "lpips": v["lpips"][0], "n": v["psnr"][2], "baseline": v["baseline"]}
+            for k, v in per.items()}
 
 
 def run_bench(t: Target, args, prior: str) -> dict:
