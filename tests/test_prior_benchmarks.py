@@ -77,6 +77,28 @@ def test_verdict_is_the_paired_gain_of_the_best_or_the_worst_solver(pt):
     assert "ddnm:low-start" in line and "| yes" in line and "tv " in line
 
 
+def test_a_k_sample_mean_is_judged_on_its_own_row(pt):
+    """``--samples 1,4``: bench labels the 4-sample means 'ddnm (mean of 4)'; the verdict for K = 4 judges those
+    rows (and the same deterministic baselines), the table gives each K its own line."""
+    rng = np.random.default_rng(1)
+    bicubic = 25 + rng.normal(0, 1, 12)
+    one, four = bicubic + 0.9 + rng.normal(0, 0.2, 12), bicubic + 1.7 + rng.normal(0, 0.2, 12)
+    rows = _rows({"pinv": bicubic - 1, "bicubic": bicubic, "tv": bicubic + 0.2, "ddnm:low-start": one,
+                  "ddnm:low-start (mean of 4)": four, "ddrm:low-start": one - 0.1,
+                  "ddrm:low-start (mean of 4)": four - 0.1})
+    t = pt.TARGETS[3]
+    r1, r4 = pt.verdict(t, rows), pt.verdict(t, rows, 4)
+    assert r1["decisive"] == "ddnm:low-start" and not r1["met"] and r1["samples"] == 1
+    assert r4["decisive"] == "ddnm:low-start (mean of 4)" and r4["met"] and r4["samples"] == 4
+    assert math.isclose(r4["gain"], float(np.mean(four - bicubic)), rel_tol=1e-9)
+    assert r4["strongest_baseline"] == "tv" and set(r4["gains"]) == {"ddnm:low-start (mean of 4)",
+                                                                    "ddrm:low-start (mean of 4)"}
+    lines = [row for row in pt.table({"faces64-sr4": r1 | {"by_samples": {"4": r4}}}).splitlines()
+             if "SR×4 best solver" in row]
+    assert len(lines) == 2 and "| no |" in lines[0]
+    assert "with the mean of 4 samples" in lines[1] and "(mean of 4)" in lines[1] and "| **yes** |" in lines[1]
+
+
 def test_prepared_photograph_crops_are_native_scale_centre_crops(pt, tmp_path):
     shared = tmp_path / "shared"
     img = torch.rand(3, 150, 200, generator=torch.Generator().manual_seed(0))
