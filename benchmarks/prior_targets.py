@@ -28,8 +28,8 @@ Usage (the table in docs/priors.md)::
 ``--samples 1,4`` also judges the solver tasks on the mean of 4 posterior samples per image (``restore solve
 --samples 4``; 4× the solver time), each K on its own row: one sample has about twice the posterior mean's squared
 error, so the mean is what PSNR rewards, while LPIPS rewards the single sample. ``--only ID,ID`` runs some targets;
-``--weights NAME=FILE`` evaluates a candidate weight file in place of an
-embedded prior (give it its own ``--work`` so that the shipped prior's finished images are not read back).
+``--weights NAME=FILE`` evaluates a candidate weight file in place of an embedded prior (give it its own ``--work``
+so that the shipped prior's finished images are not read back).
 """
 
 from __future__ import annotations

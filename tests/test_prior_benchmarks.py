@@ -87,6 +87,7 @@ def test_a_k_sample_mean_is_judged_on_its_own_row(pt):
                   "ddnm:low-start (mean of 4)": four, "ddrm:low-start": one - 0.1,
                   "ddrm:low-start (mean of 4)": four - 0.1})
     t = pt.TARGETS[3]
+    assert pt.sample_label("ddnm:low-start", 4, "mean") == "ddnm:low-start (mean of 4)"  # bench's own label
     r1, r4 = pt.verdict(t, rows), pt.verdict(t, rows, 4)
     assert r1["decisive"] == "ddnm:low-start" and not r1["met"] and r1["samples"] == 1
     assert r4["decisive"] == "ddnm:low-start (mean of 4)" and r4["met"] and r4["samples"] == 4
