@@ -110,6 +110,17 @@ def sample_grid(prior, n: int, size: int, steps: int, seed: int = 0) -> torch.Te
     return ((x + 1) / 2).clamp(0, 1)
 
 
+def colour_stats(images: torch.Tensor) -> dict:
+    """How a set of RGB images (N, 3, H, W) on [0, 1] varies in overall colour: the correlations between their
+    three channel means (R–G, R–B, G–B; faces vary mostly in brightness, so these are high) and the standard deviation
+    of each channel mean. A prior whose samples have casts draws the channels' levels on their own: low correlations,
+    a wide spread."""
+    m = images.double().mean(dim=(2, 3)).numpy()  # (N, 3)
+    c = np.corrcoef(m, rowvar=False)
+    return {"corr_rg_rb_gb": [round(float(c[0, 1]), 3), round(float(c[0, 2]), 3), round(float(c[1, 2]), 3)],
+            "std_rgb": [round(float(s), 4) for s in m.std(axis=0, ddof=1)], "n": int(m.shape[0])}
+
+
 @torch.no_grad()
 def evaluate_latent_denoiser(prior, images: list[torch.Tensor], sigmas=(0.1, 0.3, 1.0, 3.0), batch: int = 32) -> dict:
     """A latent prior as a denoiser of its own latents z = E(x) of the test images: mean squared error of

@@ -60,7 +60,7 @@ DEFAULT_CHANNEL_MULT: dict[int, tuple[float, ...]] = {
     128: (1, 1, 2, 3, 4),
     64: (1, 2, 3, 4),
 }
-NORM_GROUPS = 32  # every GroupNorm of the architecture has 32 groups
+NORM_GROUPS = 32  # guided-diffusion's GroupNorm32: every GroupNorm of its architecture has 32 groups
 
 
 class ADMConfigError(ValueError, TypeError):
@@ -168,6 +168,10 @@ class ADMConfig:
     use_fp16: bool = False
     use_new_attention_order: bool = False
     use_checkpoint: bool = False
+    #: ``restore``'s one addition: the groups of every GroupNorm. guided-diffusion fixes 32 (its checkpoints need
+    #: it; the key set and shapes do not depend on it). At 32 channels, 32 groups normalise each feature channel
+    #: on its own (instance norm); fewer groups keep the channels' relative levels (see docs/priors.md, faces64).
+    norm_groups: int = NORM_GROUPS
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # annotations are strings here (postponed evaluation)
@@ -244,11 +248,12 @@ class ADMConfig:
         need(self.num_heads > 0, f"num_heads must be positive, got {self.num_heads}")
         need(self.num_heads_upsample == -1 or self.num_heads_upsample > 0,
              f"num_heads_upsample must be -1 or positive, got {self.num_heads_upsample}")
+        need(self.norm_groups > 0, f"norm_groups must be positive, got {self.norm_groups}")
         widths = self.level_channels()
         for w in widths:
-            need(w > 0 and w % NORM_GROUPS == 0,
-                 f"every level's channels must be a multiple of {NORM_GROUPS} (GroupNorm32); channel_mult "
-                 f"{self.channel_mult or mults} × num_channels {self.num_channels} gives {widths}")
+            need(w > 0 and w % self.norm_groups == 0,
+                 f"every level's channels must be a multiple of {self.norm_groups} (norm_groups, the GroupNorm groups); "
+                 f"channel_mult {self.channel_mult or mults} × num_channels {self.num_channels} gives {widths}")
         # attention widths: the levels with attention, and the middle block (always)
         attn = {widths[lvl] for lvl in range(len(widths)) if 2**lvl in self.attention_ds} | {widths[-1]}
         for w in sorted(attn):
@@ -301,10 +306,10 @@ def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0)
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups, computed in float32 whatever the input dtype, cast back afterwards."""
+    """GroupNorm (32 groups unless told), computed in float32 whatever the input dtype, cast back afterwards."""
 
-    def __init__(self, channels: int):
-        super().__init__(NORM_GROUPS, channels)
+    def __init__(self, channels: int, groups: int = NORM_GROUPS):
+        super().__init__(groups, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
@@ -367,12 +372,12 @@ class ResBlock(EmbBlock):
     """
 
     def __init__(self, channels: int, emb_dim: int, out_channels: int, dropout: float, scale_shift: bool,
-                 up: bool = False, down: bool = False, use_checkpoint: bool = False):
+                 up: bool = False, down: bool = False, use_checkpoint: bool = False, groups: int = NORM_GROUPS):
         super().__init__()
         self.scale_shift = scale_shift
         self.use_checkpoint = use_checkpoint
         self.in_layers = nn.Sequential(
-            GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm32(channels, groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         self.updown = up or down
         if up:
@@ -384,7 +389,7 @@ class ResBlock(EmbBlock):
         emb_out = 2 * out_channels if scale_shift else out_channels  # (scale, shift) or an additive bias
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, emb_out))
         self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+            GroupNorm32(out_channels, groups), nn.SiLU(), nn.Dropout(p=dropout),
             _zeroed(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -432,12 +437,13 @@ def qkv_attention(qkv: Tensor, heads: int, legacy_order: bool) -> Tensor:
 class AttentionBlock(nn.Module):
     """x + proj_out(attention(qkv(GN(x)))) over all spatial positions; qkv and proj_out are 1-D 1×1 convs."""
 
-    def __init__(self, channels: int, heads: int, legacy_order: bool = True, use_checkpoint: bool = False):
+    def __init__(self, channels: int, heads: int, legacy_order: bool = True, use_checkpoint: bool = False,
+                 groups: int = NORM_GROUPS):
         super().__init__()
         self.heads = heads
         self.legacy_order = legacy_order
         self.use_checkpoint = use_checkpoint
-        self.norm = GroupNorm32(channels)
+        self.norm = GroupNorm32(channels, groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = _zeroed(nn.Conv1d(channels, channels, 1))
 
@@ -482,10 +488,10 @@ class ADMUNet(nn.Module):
 
         def res(cin: int, cout: int, **kw: bool) -> ResBlock:
             return ResBlock(cin, E, cout, cfg.dropout, cfg.use_scale_shift_norm,
-                            use_checkpoint=cfg.use_checkpoint, **kw)
+                            use_checkpoint=cfg.use_checkpoint, groups=cfg.norm_groups, **kw)
 
         def attn(ch: int, decoder: bool = False) -> AttentionBlock:
-            return AttentionBlock(ch, cfg.heads_for(ch, decoder), legacy, cfg.use_checkpoint)
+            return AttentionBlock(ch, cfg.heads_for(ch, decoder), legacy, cfg.use_checkpoint, cfg.norm_groups)
 
         self.time_embed = nn.Sequential(nn.Linear(C, E), nn.SiLU(), nn.Linear(E, E))
         if cfg.class_cond:
@@ -525,7 +531,7 @@ class ADMUNet(nn.Module):
                 self.output_blocks.append(EmbSequential(*layers))
 
         self.out = nn.Sequential(
-            GroupNorm32(ch), nn.SiLU(),
+            GroupNorm32(ch, cfg.norm_groups), nn.SiLU(),
             _zeroed(nn.Conv2d(int(cfg.channel_mults[0] * C), cfg.out_channels, 3, padding=1)),
         )
 
@@ -647,7 +653,8 @@ def infer_config(state_dict: Mapping[str, Any], image_size: int = 256, *, num_he
     Recovered: num_channels, in_channels, learn_sigma, class_cond/num_classes, num_res_blocks, channel_mult,
     attention levels, use_scale_shift_norm, resblock_updown, conv_resample. Not recoverable from shapes and so taken
     as arguments: ``image_size`` (only scales attention_resolutions: they are written as image_size // ds), the head
-    layout (defaults: num_head_channels 64, as both public 256² checkpoints), dropout and the attention order.
+    layout (defaults: num_head_channels 64, as both public 256² checkpoints), dropout, the attention order and
+    ``norm_groups`` (guided-diffusion's 32; a prior trained with other groups says so in its card).
     The result is checked by rebuilding it: it has exactly the keys and shapes of ``state_dict``.
     """
     shapes = {k: _shape(v) for k, v in state_dict.items()}

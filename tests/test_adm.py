@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import io
 import json
 import math
@@ -267,5 +269,40 @@ def test_config_from_dict_types_and_defaults():
         ADMConfig(num_channels=48, channel_mult="1,2")
     with pytest.raises(ADMConfigError, match="no default channel_mult"):
         ADMConfig(image_size=48)
+    # fewer GroupNorm groups (our own priors only) allow widths that 32 does not divide
+    assert ADMConfig(num_channels=48, channel_mult="1,2", norm_groups=16).level_channels() == [48, 96]
+    with pytest.raises(ADMConfigError, match="norm_groups must be positive"):
+        ADMConfig(norm_groups=0)
     with pytest.raises(ADMConfigError, match="num_head_channels"):
         ADMConfig(num_channels=96, channel_mult="1", num_head_channels=64, attention_resolutions="")
+
+
+def test_norm_groups_changes_only_the_normalisation():
+    """``norm_groups`` (restore's one addition to guided-diffusion's arguments, default its fixed 32): the same keys,
+    shapes and parameters, every GroupNorm with the given groups, and the forward pass equal to torch's own
+    ``nn.GroupNorm`` with that many groups put in place of each norm."""
+    base = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+                num_head_channels=32, use_scale_shift_norm=True)
+    assert ADMConfig(**base).norm_groups == 32 and ADMConfig(**base).to_dict()["norm_groups"] == 32
+    torch.manual_seed(0)
+    net32, net8 = ADMUNet(base), ADMUNet(dict(base, norm_groups=8))
+    assert {k: v.shape for k, v in net32.state_dict().items()} == {k: v.shape for k, v in net8.state_dict().items()}
+    for p in net32.parameters():  # non-zero everywhere, so that every norm shows in the output
+        torch.nn.init.normal_(p, std=0.2)
+    net8.load_state_dict(net32.state_dict())
+    norms = [m for m in net8.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {8}
+    assert {m.num_groups for m in net32.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+    # reference: net32 with each of its norms replaced by torch's nn.GroupNorm(8, C) carrying the same affine weights
+    ref = copy.deepcopy(net32)
+    for name, m in list(ref.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if isinstance(child, torch.nn.GroupNorm):
+                gn = torch.nn.GroupNorm(8, child.num_channels)
+                gn.load_state_dict(child.state_dict())
+                setattr(m, child_name, gn)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 900.0])
+    with torch.no_grad():
+        out8, out32, outref = net8(x, t), net32(x, t), ref(x, t)
+    torch.testing.assert_close(out8, outref, rtol=1e-5, atol=1e-5)
+    assert (out8 - out32).abs().max() > 1e-2  # the groups matter

@@ -169,3 +169,22 @@ def test_quality_against_compute_projection_solves_the_log_linear_trend(tmp_path
     card = type("C", (), {"extra": {"steps": 1000, "batch_size": 16, "train_seconds": 100.0, "train_size": 32,
                                     "init_steps": 1400, "init_batch_size": 16, "init_train_seconds": 50.0}})()
     assert pc.compute_of(card) == (2400 * 16, 2400 * 16 * 32 * 32, 150.0)
+
+
+def test_colour_stats_of_sample_sets():
+    """``priors_eval.colour_stats`` (the faces64 colour-cast statistic): channel-mean correlations and spreads equal
+    numpy's on the per-image means; grey images of varying brightness correlate fully, independently tinted ones not."""
+    pe = _module("priors_eval")
+    g = torch.Generator().manual_seed(0)
+    level = torch.rand(200, 1, 1, 1, generator=g)
+    grey = (level + 0.05 * torch.rand(200, 3, 8, 8, generator=g)).clamp(0, 1)
+    s = pe.colour_stats(grey)
+    assert s["n"] == 200 and min(s["corr_rg_rb_gb"]) > 0.99
+    tinted = torch.rand(200, 3, 1, 1, generator=g).expand(200, 3, 8, 8)
+    s = pe.colour_stats(tinted)
+    m = tinted.double().mean(dim=(2, 3)).numpy()
+    c = np.corrcoef(m.T)
+    assert s["corr_rg_rb_gb"] == pytest.approx([c[0, 1], c[0, 2], c[1, 2]], abs=1e-3)
+    assert max(abs(v) for v in s["corr_rg_rb_gb"]) < 0.2
+    assert s["std_rgb"] == pytest.approx(list(m.std(axis=0, ddof=1)), abs=1e-4)
+    assert s["std_rgb"][0] == pytest.approx(1 / math.sqrt(12), abs=0.03)  # uniform levels

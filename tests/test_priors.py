@@ -174,6 +174,27 @@ def test_train_save_reload_through_the_registry_gives_identical_outputs(tmp_path
     assert priors.base.sha256_file(again) == card["sha256"]
 
 
+def test_norm_groups_travel_from_the_arch_through_the_card(tmp_path):
+    """A prior trained with --arch '{..., "norm_groups": 8}' is reloaded (registry, card) with 8-group norms and
+    gives its checkpoint's EMA outputs; a 32-group network with the same weights gives others."""
+    _tiny_dataset(tmp_path / "data")
+    arch = json.dumps(dict(ARCHITECTURES["tiny"], norm_groups=8))
+    cfg = TrainConfig(data=str(tmp_path / "data"), name="g8", out=str(tmp_path / "out"), size=16, arch=arch,
+                      steps=2, batch_size=4, work_dir=str(tmp_path / "work"), device="cpu", fp16_weights=False)
+    weights, card_path = train(cfg, log=lambda m: None)
+    assert json.loads(card_path.read_text())["architecture"]["norm_groups"] == 8
+    loaded = priors.resolve(str(weights))
+    assert {m.num_groups for m in loaded.net.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    state = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=True)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])
+    ema = ADMUNet(ADMConfig.from_dict(state["adm"]))
+    ema.load_state_dict(state["ema"])
+    assert torch.equal(loaded.net(x, t), ema.eval()(x, t))
+    g32 = ADMUNet(ADMConfig.from_dict(dict(state["adm"], norm_groups=32)))
+    g32.load_state_dict(state["ema"])
+    assert not torch.allclose(loaded.net(x, t), g32.eval()(x, t))
+
+
 def test_prior_cli_train_show_verify(tmp_path, capsys):
     _tiny_dataset(tmp_path / "data")
     code = main(["prior", "train", str(tmp_path / "data"), "--name", "cli", "--out", str(tmp_path / "out"),
