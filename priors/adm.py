@@ -26,6 +26,8 @@ output: attention uses ``F.scaled_dot_product_attention`` (the same softmax(qᵀ
 timesteps may be a scalar; ``use_checkpoint`` uses ``torch.utils.checkpoint`` and only while training;
 ``use_fp16`` is recorded but the weights stay float32 until ``convert_to_fp16()`` is called (as in guided-diffusion's
 scripts); ``conv_resample`` (always True in ``create_model``) is exposed for key parity with ``UNetModel``.
+One added argument, for the priors we train ourselves: ``norm_groups``, the groups of every GroupNorm (default 32,
+guided-diffusion's GroupNorm32; keys and shapes do not depend on it).
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ class ADMConfig:
         widths = self.level_channels()
         for w in widths:
             need(w > 0 and w % self.norm_groups == 0,
-                 f"every level's channels must be a multiple of {self.norm_groups} (norm_groups, the GroupNorm groups); "
+                 f"every level's channels must be a multiple of {self.norm_groups} (norm_groups, GroupNorm groups); "
                  f"channel_mult {self.channel_mult or mults} × num_channels {self.num_channels} gives {widths}")
         # attention widths: the levels with attention, and the middle block (always)
         attn = {widths[lvl] for lvl in range(len(widths)) if 2**lvl in self.attention_ds} | {widths[-1]}
