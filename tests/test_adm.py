@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-
 import io
 import json
 import math
@@ -295,7 +294,7 @@ def test_norm_groups_changes_only_the_normalisation():
     assert {m.num_groups for m in net32.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
     # reference: net32 with each of its norms replaced by torch's nn.GroupNorm(8, C) carrying the same affine weights
     ref = copy.deepcopy(net32)
-    for name, m in list(ref.named_modules()):
+    for m in list(ref.modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, torch.nn.GroupNorm):
                 gn = torch.nn.GroupNorm(8, child.num_channels)
