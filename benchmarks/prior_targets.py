@@ -28,8 +28,10 @@ Usage (the table in docs/priors.md)::
 ``--samples 1,4`` also judges the solver tasks on the mean of 4 posterior samples per image (``restore solve
 --samples 4``; 4× the solver time), each K on its own row: one sample has about twice the posterior mean's squared
 error, so the mean is what PSNR rewards, while LPIPS rewards the single sample. ``--only ID,ID`` runs some targets;
-``--weights NAME=FILE`` evaluates a candidate weight file in place of an embedded prior (give it its own ``--work``
-so that the shipped prior's finished images are not read back).
+``--equivariant dihedral`` adds a row per denoiser target for the prior's denoiser averaged over the 8 symmetries
+of the square (``restore --equivariant``; 8 evaluations). ``--weights NAME=FILE`` evaluates a candidate weight file
+in place of an embedded prior (give it its own ``--work`` so that the shipped prior's finished images are not read
+back).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import priors  # noqa: E402
+from priors.base import SYMMETRIES  # noqa: E402
 from restore.bench import bench, parse_samples, sample_label, spread  # noqa: E402
 from restore.io import find_images, load_image, save_image  # noqa: E402
 from restore.metrics import psnr  # noqa: E402
@@ -211,21 +214,33 @@ def denoiser_scores(prior, files: list, sigma: float, cache_path: Path) -> tuple
 
 
 def run_denoiser(t: Target, args, prior_name: str) -> dict:
-    """The prior's denoiser against BM3D, whole images one by one (same noise for both; BM3D cached)."""
+    """The prior's denoiser against BM3D, whole images one by one (same noise for both; BM3D cached); with
+    ``args.equivariant`` (a group of ``priors.base.SYMMETRIES``) also the denoiser averaged over that group, judged
+    on its own row (``by_symmetry``)."""
+    from restore.acceleration import Acceleration, prepare
+
     prior = priors.resolve(prior_name)
     files = spread(list(find_images([str(prepared(t.data, args.work, args.shared))])), t.limit)
-    per_sigma = {}
-    for sigma in t.sigmas:
-        ours, theirs = denoiser_scores(prior, files, sigma, args.work / t.id / "bm3d_cache.json")
-        m, h, n = mean_ci([a - b for a, b in zip(ours, theirs)])
-        per_sigma[str(sigma)] = {"prior": statistics.fmean(ours), "bm3d": statistics.fmean(theirs),
-                                 "gain": m, "gain_half": h, "n": n}
-        print(f"{t.id} σ={sigma}: prior {per_sigma[str(sigma)]['prior']:.2f}, BM3D "
-              f"{per_sigma[str(sigma)]['bm3d']:.2f}, gain {m:+.2f} ± {h:.2f}", flush=True)
-    worst = min(per_sigma, key=lambda s: per_sigma[s]["gain"])
-    w = per_sigma[worst]
-    return {"per_sigma": per_sigma, "decisive": f"σ = {worst}", "gain": w["gain"], "gain_half": w["gain_half"],
-            "n": w["n"], "met": w["gain"] >= t.margin, "sure": w["gain"] - w["gain_half"] >= t.margin}
+    out = None
+    for group in ["off"] + [g for g in getattr(args, "equivariant", []) if g != "off"]:
+        prepare(prior, torch.device("cpu"), Acceleration(equivariant=group))
+        per_sigma = {}
+        for sigma in t.sigmas:
+            ours, theirs = denoiser_scores(prior, files, sigma, args.work / t.id / "bm3d_cache.json")
+            m, h, n = mean_ci([a - b for a, b in zip(ours, theirs)])
+            per_sigma[str(sigma)] = {"prior": statistics.fmean(ours), "bm3d": statistics.fmean(theirs),
+                                     "gain": m, "gain_half": h, "n": n}
+            print(f"{t.id} ({group}) σ={sigma}: prior {per_sigma[str(sigma)]['prior']:.2f}, BM3D "
+                  f"{per_sigma[str(sigma)]['bm3d']:.2f}, gain {m:+.2f} ± {h:.2f}", flush=True)
+        worst = min(per_sigma, key=lambda s: per_sigma[s]["gain"])
+        w = per_sigma[worst]
+        r = {"per_sigma": per_sigma, "decisive": f"σ = {worst}", "gain": w["gain"], "gain_half": w["gain_half"],
+             "n": w["n"], "met": w["gain"] >= t.margin, "sure": w["gain"] - w["gain_half"] >= t.margin}
+        if out is None:
+            out = r
+        else:
+            out.setdefault("by_symmetry", {})[group] = r | {"symmetry": group}
+    return out
 
 
 @torch.no_grad()
@@ -277,7 +292,8 @@ def _table_row(t: Target, r: dict, text: str) -> str:
     elif t.kind == "denoiser":
         base_cell = ", ".join(f"σ {s}: {_f(v['bm3d'])}" for s, v in r["per_sigma"].items())
         strong_cell = "BM3D"
-        dec_cell = "prior D(x, σ): " + ", ".join(f"{_f(v['prior'])}" for v in r["per_sigma"].values()) + \
+        what = f"prior D(x, σ) averaged over {r['symmetry']}" if r.get("symmetry") else "prior D(x, σ)"
+        dec_cell = f"{what}: " + ", ".join(f"{_f(v['prior'])}" for v in r["per_sigma"].values()) + \
             f" (worst at {r['decisive']})"
         needed = "≥ 0 at every σ"
         versus = "(the named one)"
@@ -307,6 +323,10 @@ def table(results: dict) -> str:
         lines.append(_table_row(t, r, t.text))
         for k, rk in r.get("by_samples", {}).items():  # the same target judged on the K-sample means
             lines.append(_table_row(t, rk, f"{t.text}, with the mean of {k} samples"))
+        for group, rg in r.get("by_symmetry", {}).items():  # the denoiser averaged over a symmetry group
+            n_g = len(SYMMETRIES[group])
+            lines.append(_table_row(t, rg, f"{t.text}, with the denoiser averaged over its {n_g} {group} "
+                                           f"symmetries ({n_g} evaluations, `--equivariant {group}`)"))
     return "\n".join(lines)
 
 
@@ -322,6 +342,8 @@ def main(argv=None) -> int:
                     or str(SHARED / "lpips" / "lpips_alex_v0.1.safetensors"))
     ap.add_argument("--samples", default="1", help="K or K,K…: the solver tasks judged on the mean of K posterior "
                     "samples, each K on its own row (default 1: one sample, the solvers' own output)")
+    ap.add_argument("--equivariant", default="", help="GROUP[,GROUP]: also judge the denoiser targets with the "
+                    "prior averaged over these symmetry groups (flips, dihedral), each on its own row")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --json and exit")
     args = ap.parse_args(argv)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
@@ -330,6 +352,10 @@ def main(argv=None) -> int:
         return 0
     args.weights = dict(w.split("=", 1) for w in args.weights)
     args.samples = parse_samples(args.samples)
+    args.equivariant = [g for g in args.equivariant.split(",") if g]
+    for g in args.equivariant:
+        if g not in SYMMETRIES:
+            ap.error(f"--equivariant takes {', '.join(SYMMETRIES)}; got '{g}'")
     if args.threads:
         torch.set_num_threads(args.threads)
     ids = [i for i in args.only.split(",") if i] or [t.id for t in TARGETS]

@@ -118,6 +118,31 @@ def tiled(f: Callable[[Tensor], Tensor], x: Tensor, tile: int, overlap: int, mul
     return out / weight
 
 
+#: the symmetry groups of the pixel grid a network can be averaged over (``DiffusionPrior.symmetries``), each element
+#: (k, flip): a left-right flip when ``flip``, then a rotation by k·90°. "flips" suits images with a left-right
+#: symmetry but an up (faces, scans); "dihedral" (the 8 symmetries of the square) suits photographs' textures.
+SYMMETRIES = {"flips": ((0, False), (0, True)),
+              "dihedral": tuple((k, flip) for flip in (False, True) for k in range(4))}
+
+
+def transform(x: Tensor, g: tuple[int, bool], inverse: bool = False) -> Tensor:
+    """g·x for a group element g = (k, flip) of ``SYMMETRIES`` (g⁻¹·x with ``inverse``) on the last two axes."""
+    k, flip = g
+    if inverse:
+        x = torch.rot90(x, -k, (-2, -1)) if k else x
+        return x.flip(-1) if flip else x
+    x = x.flip(-1) if flip else x
+    return torch.rot90(x, k, (-2, -1)) if k else x
+
+
+def symmetry_index(t: float, n: int) -> int:
+    """The group element (of ``n``) used at timestep ``t`` in "one per step" mode: pseudo-random in t (a generator
+    seeded by round(1024·t)), so a run is reproducible and independent of the batch and of the order of images."""
+    import random
+
+    return random.Random(round(float(t) * 1024)).randrange(n)
+
+
 class DiffusionPrior(nn.Module):
     """An ε-prediction network ``net(x_t, t)`` on a discrete VP schedule, with both views described above.
 
@@ -144,6 +169,12 @@ class DiffusionPrior(nn.Module):
         self.tile_overlap = 32
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
+        #: self-ensembling (``restore.acceleration.prepare`` sets it): None, or a tuple of ``SYMMETRIES`` elements g
+        #: over which the network is made equivariant, f(x) = mean_g g⁻¹·net(g·x) ("mean", |G| evaluations), or
+        #: g⁻¹·net(g·x) with one g per timestep ("step", one evaluation: the stochastic form of Terris et al.,
+        #: "Equivariant plug-and-play image reconstruction", CVPR 2024, averaged over a solver's steps)
+        self.symmetries: tuple[tuple[int, bool], ...] | None = None
+        self.symmetry_mode = "mean"
         self.evaluations = 0
         self.register_buffer("betas", betas.float(), persistent=False)
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
@@ -191,19 +222,39 @@ class DiffusionPrior(nn.Module):
 
         An image with a side over ``tile`` (set by ``restore.acceleration.prepare`` for any-size convolutional
         priors) is evaluated in overlapping tiles blended with linear ramps (``tiled``), so memory stays bounded;
-        ``evaluations`` counts calls of this method (one per batch, however many tiles)."""
+        ``evaluations`` counts calls of this method (one per batch, however many tiles or ``symmetries``)."""
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.dim() == 0:
             t = t.expand(x_t.shape[0])
         self.evaluations += 1
-        if self.tile and max(x_t.shape[-2:]) > self.tile:
-            out = tiled(lambda piece: self._evaluate(piece, t), x_t, self.tile, self.tile_overlap, self.size_multiple)
-        else:
-            out = self._evaluate(x_t, t)
+        group = self.symmetries
+        if not group:
+            out = self._evaluate_whole(x_t, t)
+        elif self.symmetry_mode == "mean":
+            out = sum(transform(self._evaluate_whole(transform(x_t, g), t), g, inverse=True) for g in group)
+            out = out / len(group)
+        else:  # one group element per image, chosen by its timestep
+            pick = [symmetry_index(s, len(group)) for s in t.tolist()]
+            parts = {}
+            for i in sorted(set(pick)):
+                rows = [b for b, j in enumerate(pick) if j == i]
+                parts[i] = (rows, transform(self._evaluate_whole(transform(x_t[rows], group[i]), t[rows]), group[i],
+                                            inverse=True))
+            out = None
+            for rows, piece in parts.values():
+                if out is None:
+                    out = piece.new_empty((x_t.shape[0], *piece.shape[1:]))
+                out[rows] = piece
         c = x_t.shape[1]
         if out.shape[1] == 2 * c:
             return out[:, :c], out[:, c:]
         return out, None
+
+    def _evaluate_whole(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The network on x_t, in overlapping tiles when a side exceeds ``tile``."""
+        if self.tile and max(x_t.shape[-2:]) > self.tile:
+            return tiled(lambda piece: self._evaluate(piece, t), x_t, self.tile, self.tile_overlap, self.size_multiple)
+        return self._evaluate(x_t, t)
 
     def _evaluate(self, x_t: Tensor, t: Tensor) -> Tensor:
         """The network on x_t: reflect-padded to its size multiple (half on each side) and cropped back, in

@@ -56,6 +56,11 @@ def degrade(
             err_console.print(f"[yellow]note:[/] {escape(Path(r['image']).name)}: {escape(note)}", highlight=False)
 
 
+EQUIVARIANT_HELP = ("average the prior's network over symmetries of the image: off, flips (left-right; 2x the time) "
+                    "or dihedral (flips and 90-degree rotations; 8x), or NAME:step for one symmetry per step (no "
+                    "extra time). Use flips for faces and scans, which have an up")
+
+
 @app.command("solve")
 def solve_command(
     inputs: List[str] = typer.Argument(..., help="measurement files (.npz from 'restore degrade'), plain images "
@@ -93,6 +98,7 @@ def solve_command(
                                   "native bfloat16)"),
     compile_net: bool = typer.Option(False, "--compile", help="torch.compile the prior's network (pays off on GPUs "
                                      "and long runs)"),
+    equivariant: str = typer.Option("off", "--equivariant", help=EQUIVARIANT_HELP),
 ):
     """Restore measurements with a diffusion solver; writes images and JSON sidecars (metrics when a ground truth
     is known)."""
@@ -102,7 +108,7 @@ def solve_command(
 
     w, device = setup(device, threads)  # under torchrun: this rank's device; one process otherwise
     params = parse_params(param)
-    accel = acceleration(tile, precision, compile_net)
+    accel = acceleration(tile, precision, compile_net, equivariant)
     jobs = collect_jobs(inputs, operator, noise, mask, seed, reference, out=out)
     with progress_bar(enabled=w.rank == 0) as bar:
         task = bar.add_task("solving", total=None)
@@ -129,11 +135,11 @@ def solve_command(
         raise typer.Exit(1)
 
 
-def acceleration(tile: int, precision: str, compile_net: bool):
-    """--tile, --precision and --compile as one checked ``Acceleration``."""
+def acceleration(tile: int, precision: str, compile_net: bool, equivariant: str = "off"):
+    """--tile, --precision, --compile and --equivariant as one checked ``Acceleration``."""
     from .acceleration import Acceleration
 
-    accel = Acceleration(tile=tile, precision=precision, compile=compile_net)
+    accel = Acceleration(tile=tile, precision=precision, compile=compile_net, equivariant=equivariant)
     accel.check()
     return accel
 
@@ -210,6 +216,7 @@ def bench_command(
     tile: int = typer.Option(1024, "--tile", help="any-size priors: tile images with a side over N pixels; 0 never"),
     precision: str = typer.Option("fp32", "--precision", help="fp32, tf32 (CUDA) or bf16"),
     compile_net: bool = typer.Option(False, "--compile", help="torch.compile the prior's network"),
+    equivariant: str = typer.Option("off", "--equivariant", help=EQUIVARIANT_HELP),
 ):
     """Benchmark solvers on clean images: degrade, solve, and report PSNR/SSIM/LPIPS/time beside pinv and the
     classical baselines. 'restore bench merge SHARD_DIR... --out DIR' joins sharded runs; 'restore bench report DIR'
@@ -245,7 +252,7 @@ def bench_command(
         solver_of_label(label)
     counts = parse_samples(samples)
     check_estimate(estimate)
-    accel = acceleration(tile, precision, compile_net)
+    accel = acceleration(tile, precision, compile_net, equivariant)
     from .distributed import barrier, finish, setup
 
     w, device = setup(device, threads)

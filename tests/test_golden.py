@@ -12,7 +12,7 @@ What a case checks (all of it, reported together):
 * ``Result.x`` (on [0, 1], clamped) and, for K = 2, ``Result.std`` within the case's tolerance, and the unclamped
   output of ``Solver.sample`` (``raw``, relative to max(1, max |raw|)) within its own: each is
   max(1e-5, 10 × the round-off sensitivity the generator measured for the case: the change from a one-ulp change of
-  y and from running on two threads). That is 1e-5 for 49 of the 111 outputs and at most 5e-4 for 103 (ill-conditioned
+  y and from running on two threads). That is 1e-5 for 50 of the 112 outputs and at most 5e-4 for 104 (ill-conditioned
   pseudo-inverses on blur, DAPS, DDRM, PiGDM); DPS reaches 6e-3 (phase retrieval: its outputs move that much between
   one and two threads, the reduction order of the network's backward pass) and DiffPIR on CT 2.3e-2 (an
   ill-conditioned least-squares solve) — below what a wrong scale or random stream gives (order 0.1–1). Checked: a

@@ -132,6 +132,31 @@ def test_denoiser_target_against_bm3d_at_toy_scale(pt, tmp_path):
     (tmp_path / "work" / "den" / "bm3d_cache.json").write_text(json.dumps(cache))
     assert pt.run_denoiser(t, args, str(weights))["per_sigma"]["0.1"]["bm3d"] > 50
 
+    # --equivariant flips: its own row, the denoiser averaged with its mirror image, computed here by hand
+    args.equivariant = ["flips"]
+    r2 = pt.run_denoiser(t, args, str(weights))
+    assert r2["per_sigma"] == pt.run_denoiser(t, type("A", (), dict(work=args.work, shared=shared))(),
+                                              str(weights))["per_sigma"]
+    from restore.degrade import image_seed
+    from restore.metrics import psnr
+
+    import priors
+
+    prior, by_hand = priors.resolve(str(weights)), []
+    with torch.no_grad():
+        for k in range(2):
+            x = load_image(shared / "test" / "photos" / f"{k}.png")
+            g = torch.Generator().manual_seed(image_seed(0, f"{k}.png:0.1"))
+            noisy = x + 0.1 * torch.randn(x.shape, generator=g)
+            z = noisy[None] * 2 - 1
+            d = (prior.denoise(z, 0.2) + prior.denoise(z.flip(-1), 0.2).flip(-1)) / 2
+            by_hand.append(psnr(((d[0] + 1) / 2).clamp(0, 1), x))
+    flips = r2["by_symmetry"]["flips"]
+    assert math.isclose(flips["per_sigma"]["0.1"]["prior"], float(np.mean(by_hand)), abs_tol=1e-4)
+    assert flips["per_sigma"]["0.1"]["bm3d"] == r2["per_sigma"]["0.1"]["bm3d"]
+    row = pt.table({"natural-denoise": r2}).splitlines()[3]
+    assert "averaged over its 2 flips symmetries" in row and "prior D(x, σ) averaged over flips" in row
+
 
 def test_recipes_compare_at_the_same_point_and_crop32_sees_the_same_pixels(tr, tmp_path, monkeypatch):
     data = tmp_path / "data"
