@@ -2,13 +2,15 @@
 
 Inputs are grouped by operator and image size and run in batches; every image keeps its own seed, so a result does
 not depend on the batch it ran in. A folder is processed recursively into the same structure under ``--out``;
-images whose output exists are skipped (``--overwrite`` redoes them), so an interrupted run resumes where it stopped.
-Outputs are written to a temporary name and renamed, so a file that exists is complete.
+images whose output exists are skipped (``--overwrite`` redoes them), so an interrupted run resumes where it stopped;
+an output that an earlier run made with other settings (solver, operator, noise, seed, prior weights, preset, steps,
+parameters, samples, --equivariant) is refused instead, so a resumed table never mixes two runs. Outputs are written to a temporary name and renamed, so a file that exists is complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import platform
 import time
@@ -252,6 +254,11 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         if k % shard[1] != shard[0]:
             continue
         if target.exists() and ours and not overwrite:
+            other = earlier_settings_differ(sidecar, job, solver_name, prior_name, preset, steps, samples, estimate,
+                                            params, accel)
+            if other:
+                raise RestoreError(f"'{target}' was made by an earlier run with other settings ({other}); give "
+                                   f"another --out, or --overwrite to redo it with these.")
             rows.append(dict(input=str(job.source), output=str(target), status=SKIPPED, skipped=True))
         else:
             todo.append((job, target))
@@ -421,6 +428,51 @@ def magnitude_job(job: Job) -> Job:
     note = ("complex MRI data: restored as the magnitude |x| with the phase of the low-resolution centre of k-space "
             "(x ≈ |x|·e^{iφ})")
     return dataclasses.replace(job, m=m, notes=job.notes + [note])
+
+
+def earlier_settings_differ(sidecar: Path, job: Job, solver_name: str, prior_name, preset: str | None,
+                            steps: int | None, samples: int, estimate: str, params: dict | None,
+                            accel: "Acceleration | None") -> str | None:
+    """How the earlier run that wrote ``sidecar`` differs from this one, in a few words (None: the same settings), so
+    that a resumed run never passes off an output made another way as its own. Compared: solver, operator, seed,
+    noise (unless the image was fitted), samples and estimate, and for a diffusion solver the prior (its weights'
+    hash where the name is an embedded prior), an explicit preset, --steps, each --param and --equivariant."""
+    try:
+        side = json.loads(Path(sidecar).read_text())
+    except (OSError, ValueError):
+        return None
+    checks = [("solver", side.get("solver"), solver_name), ("operator", side.get("operator"), job.m.spec),
+              ("seed", side.get("seed"), job.m.seed), ("samples", side.get("samples"), samples)]
+    if not side.get("fit"):
+        checks.append(("noise", side.get("noise"), str(job.m.noise)))
+    if samples > 1:
+        checks.append(("estimate", side.get("estimate"), estimate))
+    cls = SOLVERS[solver_name]
+    if not (getattr(cls, "baseline", False)):
+        before = side.get("prior") or {}
+        card = getattr(prior_name, "card", None)
+        if card is None and isinstance(prior_name, str):
+            from priors.registry import embedded_cards
+
+            card = embedded_cards().get(prior_name, (None,))[0]
+        if card is not None:
+            checks.append(("prior", before.get("name"), card.name))
+            if before.get("sha256") and card.sha256:
+                checks.append(("prior weights (sha256)", before["sha256"][:12], card.sha256[:12]))
+        if preset:
+            checks.append(("preset", side.get("preset"), preset))
+        overrides = dict(params or {})
+        if steps is not None and getattr(cls, "steps_param", "steps"):
+            overrides[getattr(cls, "steps_param", "steps")] = steps
+        wanted = get_solver(solver_name, **overrides).params
+        for key in overrides:
+            checks.append((key, (side.get("params") or {}).get(key), wanted[key]))
+        checks.append(("--equivariant", (side.get("evaluation") or {}).get("equivariant", "off"),
+                       (accel or Acceleration()).equivariant))
+    for what, old, new in checks:
+        if old != new:
+            return f"{what} {old!r} there, {new!r} now"
+    return None
 
 
 def fit_job(job: Job, card, mode: "str | None", solver_name: str) -> Job:

@@ -96,6 +96,28 @@ def test_overwrite_redoes_restores_own_outputs_and_the_skip_is_said_in_words(tmp
     assert code == 0 and "written" in out
 
 
+def test_resuming_with_other_settings_is_refused_not_mixed_in(tmp_path, capsys):
+    photos(tmp_path / "in", names=("a.png", "b.png"))
+    ddnm = ["solve", tmp_path / "in", "--out", tmp_path / "out", "--solver", "ddnm", "--prior", "natural", "-o",
+            "sr:factor=2", "--noise", "0.05", "--steps", "2"]
+    assert run(capsys, *ddnm)[0] == 0
+    before = snapshot(tmp_path / "out")
+    code, out, _ = run(capsys, *ddnm)  # the same settings: resumed, as before
+    assert code == 0 and "skipped: done by an earlier run" in " ".join(out.split())
+    for extra, what in [(["--steps", "3"], "steps 2 there, 3 now"), (["--noise", "0.1"], "noise"),
+                        (["--equivariant", "flips"], "--equivariant 'off' there, 'flips' now"),
+                        (["--param", "eta=0.5"], "eta 0.85 there, 0.5 now"), (["--seed", "7"], "seed")]:
+        args = ddnm[:-2] + (["--steps", "2"] if "--steps" not in extra else []) + extra
+        code, _, err = run(capsys, *args)
+        assert code == 2 and "was made by an earlier run with other settings" in err and what in err, (extra, err)
+        assert "--overwrite to redo it" in err
+        assert snapshot(tmp_path / "out") == before  # nothing touched
+    code, _, err = run(capsys, *ddnm[:4], "--solver", "pinv", *ddnm[6:-2])
+    assert code == 2 and "solver 'ddnm' there, 'pinv' now" in err
+    code, out, _ = run(capsys, *ddnm[:-1], "3", "--overwrite")
+    assert code == 0 and json.loads((tmp_path / "out" / "a.json").read_text())["params"]["steps"] == 3
+
+
 def test_same_stem_different_extensions_get_distinct_outputs(tmp_path, capsys):
     folder = tmp_path / "in"
     photos(folder, names=("a.png",))
