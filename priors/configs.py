@@ -30,9 +30,12 @@ ARCHITECTURES: dict[str, dict] = {
     # a few hundred thousand parameters: tests and smoke runs
     "tiny": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="",
                  num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
-    # what 2 CPU cores can train in a session (1.6 M parameters, ~13 img/s on one core)
+    # what 2 CPU cores can train in a session (1.6 M parameters, ~13 img/s on one core); 8 GroupNorm groups, not
+    # guided-diffusion's 32: at 32 channels, 32 groups normalise each channel alone and the samples of a face prior
+    # came out with strong colour casts, where 8 groups give natural colours at equal restoration quality for equal
+    # compute (the faces64 A/B in docs/priors.md, sessions 11-12)
     "cpu64": dict(num_channels=32, num_res_blocks=1, channel_mult="1,2,2,2", attention_resolutions="8",
-                  num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False),
+                  num_head_channels=32, use_scale_shift_norm=True, resblock_updown=False, norm_groups=8),
     # the embedded 64×64 priors when a GPU trains them
     # convolutional (only the ADM middle block attends, over any number of tokens): trained on random crops, used on whole images of any size that 8 divides
     # (natural photographs, and the 128×128 MRI / CT priors trained on 64×64 crops of their images)
