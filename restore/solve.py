@@ -4,7 +4,8 @@ Inputs are grouped by operator and image size and run in batches; every image ke
 not depend on the batch it ran in. A folder is processed recursively into the same structure under ``--out``;
 images whose output exists are skipped (``--overwrite`` redoes them), so an interrupted run resumes where it stopped;
 an output that an earlier run made with other settings (solver, operator, noise, seed, prior weights, preset, steps,
-parameters, samples, --equivariant) is refused instead, so a resumed table never mixes two runs. Outputs are written to a temporary name and renamed, so a file that exists is complete.
+parameters, samples, --equivariant) is refused instead, so a resumed table never mixes two runs. Outputs are written
+to a temporary name and renamed, so a file that exists is complete.
 """
 
 from __future__ import annotations
@@ -448,7 +449,7 @@ def earlier_settings_differ(sidecar: Path, job: Job, solver_name: str, prior_nam
     if samples > 1:
         checks.append(("estimate", side.get("estimate"), estimate))
     cls = SOLVERS[solver_name]
-    if not (getattr(cls, "baseline", False)):
+    if not getattr(cls, "baseline", False):
         before = side.get("prior") or {}
         card = getattr(prior_name, "card", None)
         if card is None and isinstance(prior_name, str):
