@@ -245,6 +245,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
     guard = OutputGuard([j.source for j in jobs] + [Path(j.reference_path) for j in jobs if j.reference_path]
                         + [Path(p) for p in protect])
     position: dict[str, int] = {}  # the rows come back in the jobs' order, whatever was resumed or grouped
+    settings = run_settings(solver_name, prior_name, preset, steps, samples, estimate, params, accel)
     for k, (job, name) in enumerate(zip(jobs, output_names([j.rel for j in jobs], f".{out_format}"))):
         target = out / name
         position[str(target)] = k
@@ -255,8 +256,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         if k % shard[1] != shard[0]:
             continue
         if target.exists() and ours and not overwrite:
-            other = earlier_settings_differ(sidecar, job, solver_name, prior_name, preset, steps, samples, estimate,
-                                            params, accel)
+            other = earlier_settings_differ(sidecar, job, settings)
             if other:
                 raise RestoreError(f"'{target}' was made by an earlier run with other settings ({other}); give "
                                    f"another --out, or --overwrite to redo it with these.")
@@ -431,47 +431,61 @@ def magnitude_job(job: Job) -> Job:
     return dataclasses.replace(job, m=m, notes=job.notes + [note])
 
 
-def earlier_settings_differ(sidecar: Path, job: Job, solver_name: str, prior_name, preset: str | None,
-                            steps: int | None, samples: int, estimate: str, params: dict | None,
-                            accel: "Acceleration | None") -> str | None:
-    """How the earlier run that wrote ``sidecar`` differs from this one, in a few words (None: the same settings), so
-    that a resumed run never passes off an output made another way as its own. Compared: solver, operator, seed,
-    noise (unless the image was fitted), samples and estimate, and for a diffusion solver the prior (its weights'
-    hash where the name is an embedded prior), an explicit preset, --steps, each --param and --equivariant."""
+def run_settings(solver_name: str, prior_name, preset: str | None, steps: int | None, samples: int, estimate: str,
+                 params: dict | None, accel: "Acceleration | None") -> list[tuple]:
+    """What a run's sidecars must record for its existing outputs to be resumed, as (what, sidecar path, value)
+    triples, worked out once per run (``earlier_settings_differ`` compares them per output): samples and estimate,
+    and for a diffusion solver the prior (name, and its weights' hash where the name is an embedded prior), an explicit
+    preset, --steps, each --param and --equivariant."""
+    cls = SOLVERS[solver_name]
+    want = [("solver", ("solver",), solver_name), ("samples", ("samples",), samples)]
+    if samples > 1:
+        want.append(("estimate", ("estimate",), estimate))
+    if getattr(cls, "baseline", False):
+        return want
+    card = getattr(prior_name, "card", None)
+    if card is None and isinstance(prior_name, str):
+        from priors.registry import embedded_cards
+
+        card = embedded_cards().get(prior_name, (None,))[0]
+    if card is not None:
+        want.append(("prior", ("prior", "name"), card.name))
+        if card.sha256:
+            want.append(("prior weights (sha256)", ("prior", "sha256"), card.sha256))
+    if preset:
+        want.append(("preset", ("preset",), preset))
+    overrides = dict(params or {})
+    if steps is not None and getattr(cls, "steps_param", "steps"):
+        overrides[getattr(cls, "steps_param", "steps")] = steps
+    wanted = get_solver(solver_name, **overrides).params
+    want += [(key, ("params", key), wanted[key]) for key in overrides]
+    want.append(("--equivariant", ("evaluation", "equivariant"), (accel or Acceleration()).equivariant))
+    return want
+
+
+def earlier_settings_differ(sidecar: Path, job: Job, settings: list[tuple]) -> str | None:
+    """How the earlier run that wrote ``sidecar`` differs from this one (``run_settings``, and the job's operator,
+    seed and noise unless the image was fitted), in a few words; None for the same settings. So a resumed run never
+    passes off an output made another way as its own. A sidecar without a hash or --equivariant (older runs) counts
+    as having the same hash and --equivariant off."""
     try:
         side = json.loads(Path(sidecar).read_text())
     except (OSError, ValueError):
         return None
-    checks = [("solver", side.get("solver"), solver_name), ("operator", side.get("operator"), job.m.spec),
-              ("seed", side.get("seed"), job.m.seed), ("samples", side.get("samples"), samples)]
+    checks = [("operator", ("operator",), job.m.spec), ("seed", ("seed",), job.m.seed)]
     if not side.get("fit"):
-        checks.append(("noise", side.get("noise"), str(job.m.noise)))
-    if samples > 1:
-        checks.append(("estimate", side.get("estimate"), estimate))
-    cls = SOLVERS[solver_name]
-    if not getattr(cls, "baseline", False):
-        before = side.get("prior") or {}
-        card = getattr(prior_name, "card", None)
-        if card is None and isinstance(prior_name, str):
-            from priors.registry import embedded_cards
-
-            card = embedded_cards().get(prior_name, (None,))[0]
-        if card is not None:
-            checks.append(("prior", before.get("name"), card.name))
-            if before.get("sha256") and card.sha256:
-                checks.append(("prior weights (sha256)", before["sha256"][:12], card.sha256[:12]))
-        if preset:
-            checks.append(("preset", side.get("preset"), preset))
-        overrides = dict(params or {})
-        if steps is not None and getattr(cls, "steps_param", "steps"):
-            overrides[getattr(cls, "steps_param", "steps")] = steps
-        wanted = get_solver(solver_name, **overrides).params
-        for key in overrides:
-            checks.append((key, (side.get("params") or {}).get(key), wanted[key]))
-        checks.append(("--equivariant", (side.get("evaluation") or {}).get("equivariant", "off"),
-                       (accel or Acceleration()).equivariant))
-    for what, old, new in checks:
+        checks.append(("noise", ("noise",), str(job.m.noise)))
+    for what, path, new in settings + checks:
+        old = side
+        for key in path:
+            old = old.get(key) if isinstance(old, dict) else None
+        if old is None and path == ("evaluation", "equivariant"):
+            old = "off"
+        if old is None and path == ("prior", "sha256"):
+            continue
         if old != new:
+            if path == ("prior", "sha256"):
+                old, new = old[:12], new[:12]
             return f"{what} {old!r} there, {new!r} now"
     return None
 
