@@ -118,6 +118,23 @@ def test_resuming_with_other_settings_is_refused_not_mixed_in(tmp_path, capsys):
     assert code == 0 and json.loads((tmp_path / "out" / "a.json").read_text())["params"]["steps"] == 3
 
 
+def test_an_output_of_other_prior_weights_is_refused_and_older_sidecars_still_resume(tmp_path, capsys):
+    photos(tmp_path / "in", names=("a.png",))
+    ddnm = ["solve", tmp_path / "in", "--out", tmp_path / "out", "--solver", "ddnm", "--prior", "natural", "-o",
+            "sr:factor=2", "--noise", "0.05", "--steps", "2"]
+    assert run(capsys, *ddnm)[0] == 0
+    side_path = tmp_path / "out" / "a.json"
+    side = json.loads(side_path.read_text())
+    side["prior"]["sha256"] = "0" * 64  # as if made by the natural prior of another release
+    side_path.write_text(json.dumps(side))
+    code, _, err = run(capsys, *ddnm)
+    assert code == 2 and "prior weights (sha256) '000000000000' there" in err
+    del side["prior"]["sha256"], side["evaluation"]  # a sidecar of an older restore: no hash, no --equivariant
+    side_path.write_text(json.dumps(side))
+    code, out, _ = run(capsys, *ddnm)
+    assert code == 0 and "skipped: done by an earlier run" in " ".join(out.split())
+
+
 def test_same_stem_different_extensions_get_distinct_outputs(tmp_path, capsys):
     folder = tmp_path / "in"
     photos(folder, names=("a.png",))
