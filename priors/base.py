@@ -235,13 +235,11 @@ class DiffusionPrior(nn.Module):
             out = out / len(group)
         else:  # one group element per image, chosen by its timestep
             pick = [symmetry_index(s, len(group)) for s in t.tolist()]
-            parts = {}
+            out = None
             for i in sorted(set(pick)):
                 rows = [b for b, j in enumerate(pick) if j == i]
-                parts[i] = (rows, transform(self._evaluate_whole(transform(x_t[rows], group[i]), t[rows]), group[i],
-                                            inverse=True))
-            out = None
-            for rows, piece in parts.values():
+                g = group[i]
+                piece = transform(self._evaluate_whole(transform(x_t[rows], g), t[rows]), g, inverse=True)
                 if out is None:
                     out = piece.new_empty((x_t.shape[0], *piece.shape[1:]))
                 out[rows] = piece
