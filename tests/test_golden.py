@@ -12,10 +12,10 @@ What a case checks (all of it, reported together):
 * ``Result.x`` (on [0, 1], clamped) and, for K = 2, ``Result.std`` within the case's tolerance, and the unclamped
   output of ``Solver.sample`` (``raw``, relative to max(1, max |raw|)) within its own: each is
   max(1e-5, 10 × the round-off sensitivity the generator measured for the case: the change from a one-ulp change of
-  y and from running on two threads). That is 1e-5 for 50 of the 112 outputs and at most 5e-4 for 104 (ill-conditioned
+  y and from running on two threads). That is 1e-5 for 55 of the 120 outputs and at most 5e-4 for 111 (ill-conditioned
   pseudo-inverses on blur, DAPS, DDRM, PiGDM); DPS reaches 6e-3 (phase retrieval: its outputs move that much between
-  one and two threads, the reduction order of the network's backward pass) and DiffPIR on CT 2.3e-2 (an
-  ill-conditioned least-squares solve) — below what a wrong scale or random stream gives (order 0.1–1). Checked: a
+  one and two threads, the reduction order of the network's backward pass), DiffPIR and DPIR on CT 2.3e-2 and 2.9e-2
+  (ill-conditioned least-squares solves) — below what a wrong scale or random stream gives (order 0.1–1). Checked: a
   factor 2 in the σ_y told to the solvers is caught in every case where it changes the output at all, but
   diffpir/mask-random and diffpir/ct (DiffPIR's six other families catch it);
 * ``Result.samples``, ``failed``, ``cost.nfe``, ``cost.operator_evals`` equal, and ``Result.params`` equal (floats to

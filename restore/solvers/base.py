@@ -269,6 +269,27 @@ def spectrum(op, rcond: float) -> tuple[Tensor, Tensor, Tensor]:
     return s, keep, torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
 
 
+def data_prox(y: Tensor, op, rcond: float) -> Callable[[Tensor, float], Tensor]:
+    """x₀, ρ ↦ argmin_x ‖y − A x‖² + ρ‖x − x₀‖² on [0, 1] images: the data step of the half-quadratic-splitting
+    solvers (DiffPIR, DPIR). In closed form where A has an SVD (per mode (s Uᵀy + ρ Vᵀx₀)/(s² + ρ); the modes
+    below ``rcond`` and the null space keep x₀); otherwise x₀ + argmin_d ‖A d − (y − A x₀)‖² + ρ‖d‖² by conjugate
+    gradients (CT, motion blur with reflecting boundaries)."""
+    if getattr(op, "has_svd", False):
+        s, keep, _ = spectrum(op, rcond)
+        s_uy = op.Ut(y) * s
+
+        def svd_step(x0: Tensor, rho: float) -> Tensor:
+            c = op.Vt(x0)
+            return real_part(op.V(torch.where(keep, (s_uy + rho * c) / (s * s + rho), c)))
+
+        return svd_step
+
+    def cg_step(x0: Tensor, rho: float) -> Tensor:
+        return x0 + real_part(op.least_squares(y - op.A(x0), damping=rho))
+
+    return cg_step
+
+
 def latent_shape(op, prior, device) -> tuple[int, ...]:
     """The shape of one image's latents for a latent prior (from the prior, or by encoding a zero image)."""
     if hasattr(prior, "latent_shape"):

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, at_least, between, positive, real_part, spectrum, task_of
+from .base import Solver, at_least, between, data_prox, positive, real_part, task_of
 from .dps import alphas_cumprod64
 
 
@@ -110,18 +110,5 @@ class DiffPIR(Solver):
         return x0
 
     def _prox(self, y: Tensor, op):
-        """x₀ ↦ argmin_x ‖y − A x‖² + ρ‖x − x₀‖² on [0, 1] images."""
-        if getattr(op, "has_svd", False):
-            s, keep, _ = spectrum(op, float(self.params["rcond"]))
-            s_uy = op.Ut(y) * s
-
-            def svd_step(x0: Tensor, rho: float) -> Tensor:
-                c = op.Vt(x0)
-                return real_part(op.V(torch.where(keep, (s_uy + rho * c) / (s * s + rho), c)))
-
-            return svd_step
-
-        def cg_step(x0: Tensor, rho: float) -> Tensor:
-            return x0 + real_part(op.least_squares(y - op.A(x0), damping=rho))
-
-        return cg_step
+        """x₀ ↦ argmin_x ‖y − A x‖² + ρ‖x − x₀‖² on [0, 1] images (``base.data_prox``)."""
+        return data_prox(y, op, float(self.params["rcond"]))

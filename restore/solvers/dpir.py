@@ -1,0 +1,115 @@
+"""DPIR — Plug-and-Play Image Restoration with Deep Denoiser Prior (Zhang, Li, Zuo, Zhang, Van Gool & Timofte,
+IEEE TPAMI 2021), as its scripts run it (``main_dpir_deblur.py``, ``main_dpir_sisr.py``, ``main_dpir_demosaick.py``
+of cszn/DPIR), with the prior's σ-space denoiser D(x, σ) in place of DRUNet.
+
+Half-quadratic splitting with a decreasing noise level (Algorithm 1 of the paper; σ_k and σ_n on [0, 1], the
+operator on [0, 1] images, D on the prior's [-1, 1] scale, so it is given 2σ_k)::
+
+    σ_k = logspace(σ₁, σ_K, K)             σ₁ = 49/255, σ_K = max(σ_n, σ_min)      (``get_rho_sigma``, w = 1)
+    ρ_k = λ max(σ_n, 0.001)² / σ_k²         λ = 0.23
+    z₀  = ½                                  (mid-grey)
+    for k = 1 … K:
+        x_k = argmin_x ‖y − A x‖² + ρ_k ‖x − z_{k−1}‖²        (data step: closed form or conjugate gradients)
+        z_k = g_k⁻¹ D(g_k x_k, σ_k)                          (prior step: the denoiser at the level ρ_k assumes)
+    return z_K
+
+g_k is the scripts' ``x8 = True`` (their default in all three): the (k − 1) mod 8-th of the 8 flips and quarter turns
+of ``augment_img_tensor4``, a self-ensemble spread over the steps at no extra cost (``x8=false``: g_k = identity).
+
+A data step with ρ_k passes the noise through the small singular values up to about σ_k, which is why the denoiser
+level follows ρ_k; the first steps restore the coarse structure, the last ones remove the residual noise at σ_n.
+Deterministic (one result for every seed); NFE = K, no backpropagation. ``--equivariant dihedral`` averages each
+step's denoiser over all 8 symmetries on top of this (8× the time).
+
+Presets, from the scripts: deblurring 8 steps, σ_K = σ_n; super-resolution 24 steps, σ_K ≥ factor/255
+(``modelSigma2 = max(sf, noise_level_model·255)``); random inpainting takes the demosaicking script's 40 steps and
+σ_K ≥ 0.6/255 (DPIR has no inpainting script; demosaicking is the nearest, a mask of missing samples). Other tasks
+(CT, MRI, box inpainting, denoising) take the deblurring settings; for denoising alone ``tweedie`` is the one-step
+posterior mean.
+
+Conventions and deliberate differences:
+* The start: the scripts start the first data step from y (deblurring), bicubic-upsampled y (super-resolution) or
+  a demosaicked y; deepinv's ``DPIR`` from Aᵀy. Ours starts from mid-grey for every operator. Where it differs
+  from the scripts' start it is only in the modes A nearly removes (singular values below √ρ₁ ≈ 0.06 at σ_n =
+  0.025), which the first data step otherwise copies from the start, and in the null space, which mid-grey fills
+  with no structure (Aᵀy leaves masked pixels black).
+* The ρ floor is the scripts' 0.255/255 (deepinv's is 0.01). The denoiser is the prior's D(x, σ) (Tweedie's formula
+  from its ε-network at the timestep with that σ), not DRUNet with a noise-level map; DRUNet was trained for σ up
+  to 50/255, our priors for every σ of their schedule.
+* ``tests/test_solver_dpir.py`` checks the loop against deepinv's ``DPIR`` (HQS with ``get_DPIR_params``) on
+  the same denoiser and start.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Solver, at_least, between, data_prox, positive, to01, to_pm1
+
+
+#: the scripts' ``augment_img_tensor4`` modes 0–7: (quarter turns in the (H, W) plane, then a flip of H)
+MODES = ((0, False), (1, True), (0, True), (3, False), (2, True), (1, False), (2, False), (3, True))
+
+
+def augment(x: Tensor, mode: int) -> Tensor:
+    """The scripts' ``augment_img_tensor4(x, mode)`` on (B, C, H, W) images."""
+    turns, flip = MODES[mode]
+    x = x.rot90(turns, [2, 3]) if turns else x
+    return x.flip([2]) if flip else x
+
+
+def unaugment(x: Tensor, mode: int) -> Tensor:
+    """Its inverse, as the scripts undo it: modes 3 and 5 (quarter turns) are each other's inverse, the other modes
+    (half turn, flips) their own."""
+    return augment(x, 8 - mode if mode in (3, 5) else mode)
+
+
+def dpir_sigmas(sigma_start: float, sigma_end: float, steps: int) -> list[float]:
+    """The denoiser's noise levels on [0, 1], from ``sigma_start`` down to ``sigma_end`` evenly in log σ, in float32
+    as the scripts' ``get_rho_sigma`` makes them (in units of 1/255, then divided)."""
+    levels = np.logspace(np.log10(sigma_start * 255.0), np.log10(sigma_end * 255.0), steps).astype(np.float32)
+    return [float(v) / 255.0 for v in levels]
+
+
+class DPIR(Solver):
+    name = "dpir"
+    description = "DPIR (Zhang et al. 2021): plug-and-play HQS with the prior's denoiser at decreasing σ; deterministic"
+    needs = frozenset({"linear", "pixel"})
+    stochastic = False
+    defaults = {"steps": 8, "lam": 0.23, "sigma_start": 49 / 255, "sigma_min": 0.0, "sigma_floor": 0.255 / 255,
+                "rcond": 1e-3, "x8": True}
+    presets = {
+        "default": {"description": "main_dpir_deblur.py: 8 steps, λ = 0.23, σ from 49/255 down to σ_n"},
+        "deblur-gauss": {"description": "main_dpir_deblur.py: 8 steps, λ = 0.23, σ from 49/255 down to σ_n"},
+        "deblur-motion": {"description": "main_dpir_deblur.py: 8 steps, λ = 0.23, σ from 49/255 down to σ_n"},
+        "sr2": {"steps": 24, "sigma_min": 2 / 255, "description": "main_dpir_sisr.py: 24 steps, σ down to "
+                                                                   "max(σ_n, 2/255)"},
+        "sr3": {"steps": 24, "sigma_min": 3 / 255, "description": "main_dpir_sisr.py: 24 steps, σ down to "
+                                                                   "max(σ_n, 3/255)"},
+        "sr4": {"steps": 24, "sigma_min": 4 / 255, "description": "main_dpir_sisr.py: 24 steps, σ down to "
+                                                                   "max(σ_n, 4/255)"},
+        "inpaint-random": {"steps": 40, "sigma_min": 0.6 / 255,
+                           "description": "main_dpir_demosaick.py: 40 steps, σ down to max(σ_n, 0.6/255)"},
+    }
+    rules = {"steps": at_least(1), "lam": positive(), "sigma_start": between(0, 1), "sigma_min": between(0, 1),
+             "sigma_floor": positive(), "rcond": between(0, 1)}
+
+    def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
+        p = self.params
+        sigma_n = float(getattr(self, "noise", 0.0) or 0.0)
+        end = max(sigma_n, float(p["sigma_min"]), float(p["sigma_floor"]))
+        sigmas = dpir_sigmas(float(p["sigma_start"]), end, int(p["steps"]))
+        rho_sigma = max(sigma_n, float(p["sigma_floor"]))
+        prox = data_prox(y, op, float(p["rcond"]))
+        z = torch.full((y.shape[0], prior.card.channels, *op.image_shape[1:]), 0.5, device=y.device)
+        for k, s in enumerate(sigmas):
+            x = prox(z, float(p["lam"]) * rho_sigma**2 / s**2)                 # data step, on [0, 1]
+            mode = k % 8 if p["x8"] else 0
+            z = unaugment(to01(prior.denoise(to_pm1(augment(x, mode)), 2 * s)), mode)   # prior step, D on [-1, 1]
+            if progress:
+                progress(k + 1, len(sigmas))
+        return to_pm1(z)
