@@ -59,7 +59,7 @@ from restore.report import mean_ci, summary  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALL_PIXEL_SOLVERS = ("dps:fast", "ddnm", "daps:daps-100", "reddiff:fast", "ddrm", "ddrm:low-start", "ddnm:low-start",
-                     "diffpir", "pigdm")
+                     "diffpir", "pigdm", "dpir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +83,16 @@ TARGETS = (
     Target("natural-denoise", "natural", "denoising ≥ BM3D at σ = 0.05–0.2", "cbsd68", kind="denoiser",
            baseline="bm3d", limit=8, sigmas=(0.05, 0.1, 0.2)),
     Target("natural-sr4", "natural", "best solver SR×4 ≥ bicubic + 0.5 dB", "cbsd68-c128", "sr4",
-           solvers=("ddnm:low-start", "ddrm:low-start"), baseline="bicubic", margin=0.5, limit=16),
+           solvers=("ddnm:low-start", "ddrm:low-start", "dpir"), baseline="bicubic", margin=0.5, limit=16),
     Target("natural-deblur", "natural", "Gaussian deblur ≥ Wiener + 1.5 dB", "cbsd68-c128", "deblur-gauss",
-           solvers=("ddrm", "ddnm"), baseline="wiener", margin=1.5, limit=16),
+           solvers=("ddrm", "ddnm", "dpir"), baseline="wiener", margin=1.5, limit=16),
     Target("faces64-sr4", "faces64", "SR×4 best solver ≥ bicubic + 1.5 dB", "faces64", "sr4",
-           solvers=("ddnm:low-start", "ddrm:low-start"), baseline="bicubic", margin=1.5, limit=32),
+           solvers=("ddnm:low-start", "ddrm:low-start", "dpir"), baseline="bicubic", margin=1.5, limit=32),
     Target("faces64-inpaint", "faces64", "70% random inpainting ≥ biharmonic + 1 dB", "faces64", "inpaint-random",
-           solvers=("diffpir", "pigdm"), baseline="biharmonic", margin=1.0, limit=32),
-    Target("ct-60", "ct", "60 views ≥ FBP + 1 dB", "ct128", "ct:views=60", solvers=("reddiff:fast", "diffpir"),
+           solvers=("diffpir", "pigdm", "dpir"), baseline="biharmonic", margin=1.0, limit=32),
+    Target("ct-60", "ct", "60 views ≥ FBP + 1 dB", "ct128", "ct:views=60", solvers=("reddiff:fast", "diffpir", "dpir"),
            baseline="fbp", margin=1.0, limit=4),
-    Target("ct-30", "ct", "30 views ≥ FBP + 3 dB", "ct128", "ct:views=30", solvers=("reddiff:fast", "diffpir"),
+    Target("ct-30", "ct", "30 views ≥ FBP + 3 dB", "ct128", "ct:views=30", solvers=("reddiff:fast", "diffpir", "dpir"),
            baseline="fbp", margin=3.0, limit=4),
     Target("mri-4x", "brain-mri", "4× every solver ≥ zero-filled + 3 dB", "brain_mri128", "mri-4x",
            solvers=ALL_PIXEL_SOLVERS, baseline="zerofill", margin=3.0, rule="every", limit=6),
@@ -160,16 +160,23 @@ def run_bench(t: Target, args, prior: str) -> dict:
     return out
 
 
+def stochastic(label: str) -> bool:
+    """Whether the solver of a bench label ('name' or 'name:preset') draws samples (else K samples are one output)."""
+    from restore.solvers import SOLVERS
+
+    return SOLVERS[label.split(":")[0]].stochastic
+
+
 def verdict(t: Target, rows: list[dict], samples: int = 1) -> dict:
     """A bench target's figures from its result rows: each solver's paired gain over the named baseline and over
     the strongest baseline, the decisive solver (the best, or for "every" the worst) and whether it clears the
     margin. ``samples`` K > 1 judges the solvers' K-sample means (bench's 'ddnm (mean of 4)' rows) in their place;
-    the baselines are deterministic and the same for every K."""
+    the baselines and the deterministic solvers (dpir) are the same for every K (bench runs them once)."""
     means = method_means(rows)
     base_labels = [k for k, v in means.items() if v["baseline"]]
     strongest = max(base_labels, key=lambda k: means[k]["psnr"])
     strongest_lpips = min(base_labels, key=lambda k: means[k]["lpips"] if math.isfinite(means[k]["lpips"]) else 9)
-    solvers = [sample_label(s, samples, "mean") for s in t.solvers]
+    solvers = [sample_label(s, samples, "mean") if stochastic(s) else s for s in t.solvers]
     gains = {s: {"psnr": paired(rows, s, t.baseline, "psnr"),
                  "over_strongest": paired(rows, s, strongest, "psnr"),
                  "lpips_reduction": paired(rows, t.baseline, s, "lpips")} for s in solvers if s in means}
