@@ -161,10 +161,12 @@ def run_bench(t: Target, args, prior: str) -> dict:
 
 
 def stochastic(label: str) -> bool:
-    """Whether the solver of a bench label ('name' or 'name:preset') draws samples (else K samples are one output)."""
+    """Whether the solver of a bench label ('name' or 'name:preset') draws samples (else K samples are one output);
+    a name that is no registered solver counts as one that does."""
     from restore.solvers import SOLVERS
 
-    return SOLVERS[label.split(":")[0]].stochastic
+    cls = SOLVERS.get(label.split(":")[0])
+    return cls is None or cls.stochastic
 
 
 def verdict(t: Target, rows: list[dict], samples: int = 1) -> dict:

@@ -94,6 +94,12 @@ def test_a_k_sample_mean_is_judged_on_its_own_row(pt):
     assert math.isclose(r4["gain"], float(np.mean(four - bicubic)), rel_tol=1e-9)
     assert r4["strongest_baseline"] == "tv" and set(r4["gains"]) == {"ddnm:low-start (mean of 4)",
                                                                     "ddrm:low-start (mean of 4)"}
+    # a deterministic solver (dpir) runs once whatever K: the K = 4 row judges its one output beside the means
+    rows += _rows({"dpir": bicubic + 1.8})
+    r4 = pt.verdict(t, rows, 4)
+    assert r4["decisive"] == "dpir" and "dpir (mean of 4)" not in r4["refused"]
+    assert math.isclose(r4["gains"]["dpir"]["psnr"]["mean"], 1.8, rel_tol=1e-9)
+    r4 = pt.verdict(t, [r for r in rows if r["solver"] != "dpir"], 4)
     lines = [row for row in pt.table({"faces64-sr4": r1 | {"by_samples": {"4": r4}}}).splitlines()
              if "SR×4 best solver" in row]
     assert len(lines) == 2 and "| no |" in lines[0]
