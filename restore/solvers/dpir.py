@@ -33,6 +33,7 @@ Conventions and deliberate differences:
   from the scripts' start it is only in the modes A nearly removes (singular values below √ρ₁ ≈ 0.06 at σ_n =
   0.025), which the first data step otherwise copies from the start, and in the null space, which mid-grey fills
   with no structure (Aᵀy leaves masked pixels black).
+* The demosaicking script clamps x_k to [0, 1] before each denoising; the deblurring and SR scripts, and ours, do not.
 * The ρ floor is the scripts' 0.255/255 (deepinv's is 0.01). The denoiser is the prior's D(x, σ) (Tweedie's formula
   from its ε-network at the timestep with that σ), not DRUNet with a noise-level map; DRUNet was trained for σ up
   to 50/255, our priors for every σ of their schedule.
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Solver, at_least, between, data_prox, positive, to01, to_pm1
+from .base import Rule, Solver, at_least, between, data_prox, positive, to01, to_pm1
 
 
 #: the scripts' ``augment_img_tensor4`` modes 0–7: (quarter turns in the (H, W) plane, then a flip of H)
@@ -95,7 +96,7 @@ class DPIR(Solver):
         "inpaint-random": {"steps": 40, "sigma_min": 0.6 / 255,
                            "description": "main_dpir_demosaick.py: 40 steps, σ down to max(σ_n, 0.6/255)"},
     }
-    rules = {"steps": at_least(1), "lam": positive(), "sigma_start": between(0, 1), "sigma_min": between(0, 1),
+    rules = {"steps": at_least(1), "lam": positive(), "sigma_start": Rule(low=0, high=1, low_open=True), "sigma_min": between(0, 1),
              "sigma_floor": positive(), "rcond": between(0, 1)}
 
     def sample(self, y: Tensor, op, prior, rng: Sequence[torch.Generator], progress=None) -> Tensor:
