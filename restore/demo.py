@@ -27,14 +27,14 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 # (sample image, operator spec, noise σ on [0, 1], prior, solvers and their presets)
 TASKS = [
     ("astronaut_face64.png", "sr:factor=4,kernel=bicubic", 0.0, "faces64",
-     [("ddnm", None), ("dps", "fast"), ("daps", "daps-100"), ("reddiff", "fast")]),
+     [("ddnm", None), ("dps", "fast"), ("daps", "daps-100"), ("reddiff", "fast"), ("dpir", None)]),
     ("astronaut_face64.png", "mask:kind=box,size=24,margin=8", 0.0, "faces64", [("ddnm", None), ("daps", "daps-100")]),
     ("astronaut_face64.png", "mask:kind=random,fraction=0.7", 0.0, "faces64", [("ddnm", None)]),
-    ("astronaut_face64.png", "blur:kind=gaussian,size=61,std=3.0", 0.01, "faces64", [("ddnm", "ddnm+")]),
+    ("astronaut_face64.png", "blur:kind=gaussian,size=61,std=3.0", 0.01, "faces64", [("ddnm", "ddnm+"), ("dpir", None)]),
     ("astronaut_face64.png", "mask:kind=random,fraction=0.7", 0.0, "faces64-latent", [("resample", "fast")]),
     ("brain_synthetic128.png", "mri:accel=4,center=0.08,pattern=random", 0.0, "brain-mri",
      [("ddnm", None), ("daps", "daps-100")]),
-    ("ct_synthetic128.png", "ct:views=60", 0.0, "ct", [("reddiff", "fast")]),
+    ("ct_synthetic128.png", "ct:views=60", 0.0, "ct", [("reddiff", "fast"), ("dpir", None)]),
 ]
 
 
