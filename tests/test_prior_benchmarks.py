@@ -1,7 +1,8 @@
-"""The two prior benchmark scripts: ``benchmarks/prior_targets.py`` (the target table of the priors issue: verdicts
+"""The prior benchmark scripts: ``benchmarks/prior_targets.py`` (the target table of the priors issue: verdicts
 from paired per-image gains, checked against scipy's paired t-test; the prepared test crops; the denoiser target at
-toy scale) and ``benchmarks/train_recipes.py`` (candidates compared at the same evaluation point; the 32² crop
-candidate runs 4× the steps for the same pixels seen)."""
+toy scale), ``benchmarks/train_recipes.py`` (candidates compared at the same evaluation point; the 32² crop
+candidate runs 4× the steps for the same pixels seen), ``prior_curve.py`` and ``autoencoder_curve.py`` (their
+log-linear projections; the autoencoder curve's chunks at toy scale)."""
 
 from __future__ import annotations
 
@@ -219,3 +220,36 @@ def test_colour_stats_of_sample_sets():
     assert max(abs(v) for v in s["corr_rg_rb_gb"]) < 0.2
     assert s["std_rgb"] == pytest.approx(list(m.std(axis=0, ddof=1)), abs=1e-4)
     assert s["std_rgb"][0] == pytest.approx(1 / math.sqrt(12), abs=0.03)  # uniform levels
+
+
+def test_autoencoder_curve_measures_each_chunk_once_and_projects(tmp_path):
+    """``benchmarks/autoencoder_curve.py`` at toy scale: a point per chunk with the test PSNR of the checkpoint
+    (recomputed here from the checkpoint, independently of the script's loop), no point twice when the command is
+    run again, one more when it is continued; the projection solves PSNR = a + b·log₂(steps)."""
+    from solver_testing import random_image_folder
+
+    ac = _module("autoencoder_curve")
+    points = [{"steps": 2**k, "psnr": 24 + 1.5 * k} for k in (8, 9, 10)]  # 32 dB where 1.5·k = 8
+    pr = ac.projection(points, 32.0, last=3)
+    assert math.isclose(pr["per_doubling"], 1.5, rel_tol=1e-9)
+    assert math.isclose(pr["steps_needed"], 2 ** (8 / 1.5), rel_tol=1e-6)
+    assert ac.projection([{"steps": 2**k, "psnr": 30 - k} for k in (1, 2)], 32.0, 3)["steps_needed"] is None
+
+    train = random_image_folder(tmp_path / "train", n=12, size=16)
+    test = random_image_folder(tmp_path / "test", n=3, size=16, seed=1)
+    out = tmp_path / "curve.json"
+    common = ["--json", str(out), "--data", str(train), "--test", str(test), "--work", str(tmp_path / "w"),
+              "--arch", '{"base_channels": 8, "num_res_blocks": 1, "channel_mult": "1,2"}', "--batch-size", "2",
+              "--chunk", "2", "--label", "toy"]
+    assert ac.main(common + ["--until", "4"]) == 0
+    run = next(iter(json.loads(out.read_text())["runs"].values()))
+    assert [p["steps"] for p in run["points"]] == [2, 4] and run["label"] == "toy"
+    images = torch.stack([load_image(p) for p in sorted((tmp_path / "test").iterdir())])
+    checkpoint = next((tmp_path / "w").glob("*/train/checkpoint.pt"))
+    assert math.isclose(run["points"][-1]["psnr"], ac.test_psnr(checkpoint, images), rel_tol=1e-9)
+    assert ac.main(common + ["--until", "4"]) == 0  # nothing new
+    assert len(next(iter(json.loads(out.read_text())["runs"].values()))["points"]) == 2
+    assert ac.main(common + ["--until", "6"]) == 0
+    run = next(iter(json.loads(out.read_text())["runs"].values()))
+    assert [p["steps"] for p in run["points"]] == [2, 4, 6] and run["projection"]["points"] == 3
+    assert "| toy | 6 | 12 |" in ac.table(json.loads(out.read_text()))
