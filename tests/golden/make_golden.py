@@ -5,6 +5,10 @@ Regenerate (only when a change of the outputs is intended, and say why in the co
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/golden/make_golden.py
 
+A new solver's cases alone, the others kept as recorded (``--only=NAME[,NAME]``)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python tests/golden/make_golden.py --only=dpir
+
 The cases. Every solver in ``restore.solvers.SOLVERS`` × every operator family of ``SMOKE_SPECS``
 (``tests/solver_testing.py``: 16×16 images, 3 channels, 1 for mri and ct), batch 2 (seeds 0 and 1), a noisy
 measurement (σ_y = 0.01 on [0, 1], told to the solver), through ``restore.solvers.solve`` with ``samples=1``:
@@ -307,8 +311,35 @@ def generate() -> dict:
     }
 
 
+def generate_only(solvers: list[str]) -> dict:
+    """The golden file with only these solvers' cases (re)generated and every other case kept as recorded: for a new
+    solver, so that the other solvers' outputs are not re-recorded with today's round-off. The test inputs and tiny
+    priors must be the recorded ones."""
+    global cases
+    unknown = set(solvers) - set(SOLVERS)
+    if unknown:
+        raise SystemExit(f"no solver {', '.join(sorted(unknown))}; registered: {', '.join(sorted(SOLVERS))}")
+    old = torch.load(GOLDEN, weights_only=True)
+    every = cases
+    cases = lambda: [c for c in every() if c.solver in solvers]  # noqa: E731 - generate() reads the module's cases
+    try:
+        new = generate()
+    finally:
+        cases = every
+    for part in ("inputs", "priors"):
+        for key, value in new[part].items():
+            if key not in old[part] or not torch.equal(value, old[part][key]):
+                raise SystemExit(f"the test {part} '{key}' differ from the recorded ones: regenerate every case")
+    for part in ("cases", "refused"):
+        old[part] = {k: v for k, v in old[part].items() if k.split("/")[0].split("@")[0] not in solvers}
+        old[part].update(new[part])
+    old["meta"]["solvers"] = sorted(SOLVERS)
+    return old
+
+
 def main() -> None:
-    golden = generate()
+    only = [s for arg in sys.argv[1:] if arg.startswith("--only=") for s in arg[len("--only="):].split(",") if s]
+    golden = generate_only(only) if only else generate()
     torch.save(golden, GOLDEN)
     print(f"{len(golden['cases'])} outputs, {len(golden['refused'])} refusals; wrote {GOLDEN} "
           f"({GOLDEN.stat().st_size / 1024:.0f} KiB)")
