@@ -251,13 +251,13 @@ def prior_fingerprints() -> dict[str, torch.Tensor]:
     return out
 
 
-def generate() -> dict:
-    """All records; each case run 4 times: the record (one thread), the same again in the reverse order (identical
+def generate(only: "list[str] | None" = None) -> dict:
+    """All records (of the solvers in ``only``, if given); each case run 4 times: the record (one thread), the same again in the reverse order (identical
     but for round-off in external libraries), with a perturbed measurement and on two threads (its round-off
     sensitivity, which sets its tolerance)."""
     torch.set_num_threads(1)
     records, refused = {}, {}
-    all_cases = cases()
+    all_cases = [c for c in cases() if only is None or c.solver in only]
     total = 0.0
     for case in all_cases:
         start = time.perf_counter()
@@ -315,17 +315,11 @@ def generate_only(solvers: list[str]) -> dict:
     """The golden file with only these solvers' cases (re)generated and every other case kept as recorded: for a new
     solver, so that the other solvers' outputs are not re-recorded with today's round-off. The test inputs and tiny
     priors must be the recorded ones."""
-    global cases
     unknown = set(solvers) - set(SOLVERS)
     if unknown:
         raise SystemExit(f"no solver {', '.join(sorted(unknown))}; registered: {', '.join(sorted(SOLVERS))}")
     old = torch.load(GOLDEN, weights_only=True)
-    every = cases
-    cases = lambda: [c for c in every() if c.solver in solvers]  # noqa: E731 - generate() reads the module's cases
-    try:
-        new = generate()
-    finally:
-        cases = every
+    new = generate(only=solvers)
     for part in ("inputs", "priors"):
         for key, value in new[part].items():
             if key not in old[part] or not torch.equal(value, old[part][key]):
