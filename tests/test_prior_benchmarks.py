@@ -107,6 +107,43 @@ def test_a_k_sample_mean_is_judged_on_its_own_row(pt):
     assert "with the mean of 4 samples" in lines[1] and "(mean of 4)" in lines[1] and "| **yes** |" in lines[1]
 
 
+def test_update_remeasures_one_solver_and_recomputes_the_verdict(pt, tmp_path, monkeypatch):
+    """``--update dpir``: only dpir (and the baselines, as a check) runs again; its figures replace the stored ones,
+    the other solvers' stay, and the decisive solver of an "every" target is chosen again over all of them."""
+    import types
+
+    rng = np.random.default_rng(2)
+    zf = 21 + rng.normal(0, 1, 6)
+    base = {"pinv": zf, "zerofill": zf, "tv": zf + 0.9}
+    a, b = zf + 2.0 + rng.normal(0, 0.1, 6), zf + 1.4 + rng.normal(0, 0.1, 6)
+    t = pt.Target("t", "p", "x", "d", "mri-8x", solvers=("a", "b", "dpir"), baseline="zerofill", margin=1.0,
+                  rule="every")
+    baselines = ("pinv", "zerofill", "tv")
+    stored = pt.verdict(t, _rows({**base, "a": a, "b": b, "dpir": zf + 0.8}, baselines)) | {"prior_sha256": "abc"}
+    assert stored["decisive"] == "dpir" and not stored["met"]
+    calls = []
+
+    def fake_bench(images, specs, solvers, prior, out, **kw):
+        calls.append(solvers)
+        return _rows({**base, "dpir": zf + 2.1}, baselines)
+
+    monkeypatch.setattr(pt, "bench", fake_bench)
+    monkeypatch.setattr(pt.priors, "resolve", lambda name: types.SimpleNamespace(card=types.SimpleNamespace(sha256="abc")))
+    args = types.SimpleNamespace(weights={}, work=tmp_path, shared=tmp_path, threads=0, lpips_weights=None, samples=[1])
+    r = pt.update_bench(t, args, json.loads(json.dumps(stored)), ["dpir", "not-in-this-target"])
+    assert calls == [["dpir"]]
+    assert r["decisive"] == "b" and r["met"] and math.isclose(r["gain"], float(np.mean(b - zf)), rel_tol=1e-9)
+    assert math.isclose(r["gains"]["dpir"]["psnr"]["mean"], 2.1, rel_tol=1e-9)
+    assert math.isclose(r["methods"]["dpir"]["psnr"], float(np.mean(zf + 2.1)), rel_tol=1e-9)
+    assert r["gains"]["a"] == stored["gains"]["a"] and r["updates"][0]["solvers"] == ["dpir"]
+    # other noise or images: the re-run baseline disagrees with the stored one, and nothing is mixed
+    monkeypatch.setattr(pt, "bench", lambda *a, **k: _rows({**base, "zerofill": zf + 0.01, "dpir": zf}, baselines))
+    with pytest.raises(SystemExit, match="not the same images or noise"):
+        pt.update_bench(t, args, json.loads(json.dumps(stored)), ["dpir"])
+    with pytest.raises(SystemExit, match="other prior weights"):
+        pt.update_bench(t, args, dict(stored, prior_sha256="old"), ["dpir"])
+
+
 def test_prepared_photograph_crops_are_native_scale_centre_crops(pt, tmp_path):
     shared = tmp_path / "shared"
     img = torch.rand(3, 150, 200, generator=torch.Generator().manual_seed(0))
@@ -253,3 +290,9 @@ def test_autoencoder_curve_measures_each_chunk_once_and_projects(tmp_path):
     run = next(iter(json.loads(out.read_text())["runs"].values()))
     assert [p["steps"] for p in run["points"]] == [2, 4, 6] and run["projection"]["points"] == 3
     assert "| toy | 6 | 12 |" in ac.table(json.loads(out.read_text()))
+    # a cosine learning rate is its own run, named by where its decay ends; its last point is the fully decayed one
+    assert ac.main(common + ["--until", "4", "--lr-schedule", "cosine"]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs) == 2 and ac.run_name(json.loads(common[9]), "cosine", 4) in runs
+    cosine = runs[ac.run_name(json.loads(common[9]), "cosine", 4)]
+    assert cosine["lr_schedule"] == ["cosine", 4] and [p["steps"] for p in cosine["points"]] == [2, 4]

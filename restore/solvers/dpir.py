@@ -23,9 +23,11 @@ step's denoiser over all 8 symmetries on top of this (8× the time).
 
 Presets, from the scripts: deblurring 8 steps, σ_K = σ_n; super-resolution 24 steps, σ_K ≥ factor/255
 (``modelSigma2 = max(sf, noise_level_model·255)``); random inpainting takes the demosaicking script's 40 steps and
-σ_K ≥ 0.6/255 (DPIR has no inpainting script; demosaicking is the nearest, a mask of missing samples). Other tasks
-(CT, MRI, box inpainting, denoising) take the deblurring settings; for denoising alone ``tweedie`` is the one-step
-posterior mean.
+σ_K ≥ 0.6/255 (DPIR has no inpainting script; demosaicking is the nearest, a mask of missing samples). MRI
+(undersampled k-space: a mask of missing samples in the Fourier domain; DPIR has no MRI script) takes the same 40
+steps: on 16 brain-MRI *training* slices at σ_y = 0.025 they gained over zero filling +6.52 dB at 4× and +2.13 at
+8×, against +5.10 and +1.31 with 8 steps (24 steps: +6.47 and +1.98). Other tasks (CT, box inpainting, denoising)
+take the deblurring settings; for denoising alone ``tweedie`` is the one-step posterior mean.
 
 Conventions and deliberate differences:
 * The start: the scripts start the first data step from y (deblurring), bicubic-upsampled y (super-resolution) or
@@ -95,6 +97,9 @@ class DPIR(Solver):
                                                                    "max(σ_n, 4/255)"},
         "inpaint-random": {"steps": 40, "sigma_min": 0.6 / 255,
                            "description": "main_dpir_demosaick.py: 40 steps, σ down to max(σ_n, 0.6/255)"},
+        "mri": {"steps": 40, "sigma_min": 0.6 / 255,
+                "description": "k-space undersampling as a mask of missing samples: main_dpir_demosaick.py's 40 "
+                               "steps, σ down to max(σ_n, 0.6/255)"},
     }
     rules = {"steps": at_least(1), "lam": positive(), "sigma_start": Rule(low=0, high=1, low_open=True), "sigma_min": between(0, 1),
              "sigma_floor": positive(), "rcond": between(0, 1)}
