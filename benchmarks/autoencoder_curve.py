@@ -37,9 +37,11 @@ from restore.metrics import psnr  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def run_name(arch: dict) -> str:
-    """A stable folder name for an architecture (its JSON, sorted)."""
-    text = json.dumps(arch, sort_keys=True)
+def run_name(arch: dict, lr_schedule: str = "constant", until: int = 0) -> str:
+    """A stable folder name for an architecture (its JSON, sorted) and, for a cosine learning-rate schedule, the
+    step at which it ends (a constant-rate run's name is its architecture's alone, as before)."""
+    key = arch if lr_schedule == "constant" else dict(arch, lr_schedule=[lr_schedule, until])
+    text = json.dumps(key, sort_keys=True)
     return "ae-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -115,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, default=32.0)
     ap.add_argument("--fit-last", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                    help="cosine: the learning rate decays to 0 at --until (the points before it are mid-schedule)")
     args = ap.parse_args(argv)
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
     if args.table:
@@ -124,10 +128,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     arch = json.loads(args.arch)
-    name = run_name(arch)
+    name = run_name(arch, args.lr_schedule, args.until)
     results.setdefault("target", args.target)
     run = results.setdefault("runs", {}).setdefault(name, {"arch": arch, "label": args.label or json.dumps(arch),
                                                            "batch_size": args.batch_size, "points": []})
+    if args.lr_schedule != "constant":
+        run["lr_schedule"] = [args.lr_schedule, args.until]
     if run["batch_size"] != args.batch_size:
         ap.error(f"run {name} was measured with batch {run['batch_size']}; give that --batch-size or another --json")
     test = torch.stack([load_image(p) for p, _ in find_images([args.test])])
@@ -140,7 +146,8 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         train_autoencoder(args.data, work / "out", steps=steps, batch_size=args.batch_size, config=arch,
-                          work_dir=str(work / "train"), name="autoencoder", log=lambda s: None)
+                          work_dir=str(work / "train"), name="autoencoder", log=lambda s: None,
+                          lr_schedule=args.lr_schedule, schedule_steps=args.until)
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         point = {"steps": int(state["step"]), "seconds": float(state["seconds"]), "psnr": test_psnr(checkpoint, test)}
         run["points"].append(point)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -32,19 +33,28 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
                       lr: float = 4e-4, warmup: int = 200, kl_weight: float = 1e-6, recon: str = "l1",
                       held_out: float = 0.05, max_held_out: int = 256, checkpoint_every: int = 250,
                       work_dir: str = "", seed: int = 0, max_images: int = 0, value_map: str = "",
+                      lr_schedule: str = "constant", schedule_steps: int = 0,
                       log: Callable[[str], None] = print,
                       on_step: Callable[[int, float, float], None] | None = None) -> tuple[Path, Path]:
     """Train (or resume) a ``SmallAutoencoder`` on a folder of images; returns (weights path, card path).
 
     Loss per image: mean L1 (``recon="l1"``) or L2 (``"l2"``) reconstruction error of a latent sampled from the
     posterior, plus ``kl_weight`` × KL(q(z|x) ‖ N(0, I)) summed over the latent and divided by the number of pixel
-    values (LDM's weighting of a summed reconstruction loss). A ``held_out`` fraction of the images (at least 1, at
+    values (LDM's weighting of a summed reconstruction loss). The learning rate warms up linearly over ``warmup``
+    steps, then stays (``lr_schedule="constant"``) or follows a cosine to 0 at ``schedule_steps`` (default ``steps``;
+    larger when the run is trained in chunks, so stopping at ``steps`` does not change the schedule). A ``held_out`` fraction of the images (at least 1, at
     most ``max_held_out``, evenly spread over the sorted file names) is never trained on; the card reports the
     reconstruction PSNR on it."""
     from .train import ImageFolder, _atomic_save, _hardware, pick_device
 
     if recon not in ("l1", "l2"):
         raise PriorError(f"unknown reconstruction loss '{recon}'; use l1 or l2.")
+    if lr_schedule not in ("constant", "cosine"):
+        raise PriorError(f"unknown learning-rate schedule '{lr_schedule}'; use constant or cosine.")
+    total = schedule_steps or steps
+    if total < steps:
+        raise PriorError(f"the learning-rate schedule ends at step {total}, before the {steps} steps asked for; give "
+                         f"schedule_steps ≥ steps.")
     cfg = config if isinstance(config, AutoencoderConfig) else AutoencoderConfig.from_dict(
         dict(config or {}, in_channels=channels))
     if cfg.in_channels != channels:
@@ -68,6 +78,11 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
         if state.get("autoencoder") != cfg.to_dict():
             raise PriorError(f"the checkpoint in {work} is for another architecture; remove it or pick another "
                              f"work dir.")
+        was = state.get("lr_schedule", ["constant", 0])
+        if lr_schedule == "cosine" and list(was) != ["cosine", total] or lr_schedule != "cosine" and was[0] == "cosine":
+            raise PriorError(f"the checkpoint in {work} was trained with the learning-rate schedule {was[0]} "
+                             f"(ending at step {was[1]}), not {lr_schedule}" + (f" ending at {total}" if
+                             lr_schedule == "cosine" else "") + "; resume with the same or pick another work dir.")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         g.set_state(state["rng"])
@@ -89,8 +104,11 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
         x = train_set.batch(batch_size, g).to(dev, non_blocking=True)
         c, h, w = cfg.latent_channels, x.shape[-2] // cfg.downsample, x.shape[-1] // cfg.downsample
         noise = torch.randn((x.shape[0], c, h, w), generator=g).to(dev)
+        rate = lr * min(1.0, (step + 1) / max(1, warmup))
+        if lr_schedule == "cosine":
+            rate *= 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+            group["lr"] = rate
         rec, mean, logvar = model(x, noise)
         err = (rec - x).abs() if recon == "l1" else (rec - x).pow(2)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
@@ -106,7 +124,8 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
             on_step(step, float(loss.detach()), seen / max(elapsed, 1e-9))
         if step % checkpoint_every == 0 or step == steps:
             _atomic_save(dict(model=model.state_dict(), opt=opt.state_dict(), rng=g.get_state(), step=step,
-                              autoencoder=cfg.to_dict(), seconds=seconds_before + elapsed), ckpt_path)
+                              autoencoder=cfg.to_dict(), seconds=seconds_before + elapsed,
+                              lr_schedule=[lr_schedule, total if lr_schedule == "cosine" else 0]), ckpt_path)
     seconds = seconds_before + (time.perf_counter() - t0)
     model.eval()
 
@@ -123,7 +142,7 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
     )
     log(f"autoencoder reconstruction PSNR: held-out {summary['psnr_held_out']} dB, train {summary['psnr_train']} dB; "
         f"scale factor {scale_factor:.4f}")
-    extra = dict(steps=step, batch_size=batch_size, lr=lr, kl_weight=kl_weight, recon=recon, crop=crop, size=size,
+    extra = dict(steps=step, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, kl_weight=kl_weight, recon=recon, crop=crop, size=size,
                  hardware=_hardware(dev), train_seconds=round(seconds, 1), data=Path(data_folder).name)
     return export_autoencoder(model, out, name, scale_factor, dict(summary, **extra))
 

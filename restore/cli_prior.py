@@ -84,6 +84,9 @@ def prior_train(
                                 "--autoencoder is given), then the UNet on its latents"),
     autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="--latent: a trained autoencoder"),
     autoencoder_steps: int = typer.Option(20000, "--autoencoder-steps", help="--latent: autoencoder steps"),
+    autoencoder_lr_schedule: str = typer.Option("cosine", "--autoencoder-lr-schedule", help="--latent: cosine "
+                                                "(decays to 0 at --autoencoder-steps; the autoencoder keeps no EMA) "
+                                                "or constant"),
     autoencoder_arch: str = typer.Option("", "--autoencoder-arch", help="--latent: JSON dict of autoencoder "
                                          "arguments, e.g. '{\"base_channels\": 32, \"num_res_blocks\": 1}'"),
 ):
@@ -101,6 +104,8 @@ def prior_train(
         raise PriorError(f"--crop must be resize or random, got '{crop}'.")
     if lr_schedule not in ("constant", "cosine"):
         raise PriorError(f"--lr-schedule must be constant or cosine, got '{lr_schedule}'.")
+    if autoencoder_lr_schedule not in ("constant", "cosine"):
+        raise PriorError(f"--autoencoder-lr-schedule must be constant or cosine, got '{autoencoder_lr_schedule}'.")
     if precond not in ("ddpm", "edm"):
         raise PriorError(f"--precond must be ddpm or edm, got '{precond}'.")
     if precond == "edm" and latent:
@@ -137,7 +142,7 @@ def prior_train(
                 autoencoder, _ = train_autoencoder(
                     data, out, steps=autoencoder_steps, batch_size=batch_size, device=device, name=f"{name}-ae",
                     size=size, channels=channels, crop=crop, seed=seed, max_images=max_images, value_map=value_map,
-                    config=ae_config,
+                    config=ae_config, lr_schedule=autoencoder_lr_schedule,
                     work_dir=str(Path(work_dir) / "autoencoder") if work_dir else "",
                     log=lambda m: bar.console.print(m),
                     on_step=lambda step, loss, rate: bar.update(ae_task, completed=step,

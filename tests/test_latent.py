@@ -74,6 +74,35 @@ def test_autoencoder_resumes_exactly(trained, tmp_path):
     assert sha256_file(resumed) == sha256_file(ae_weights)
 
 
+def test_autoencoder_cosine_schedule_follows_the_closed_form_and_resumes_exactly(trained, tmp_path):
+    _, data, _, _, _, _ = trained
+
+    def run(steps, work, **kw):
+        kw = dict(dict(lr_schedule="cosine", schedule_steps=6), **kw)
+        return train_autoencoder(data, tmp_path / f"o{work}", steps=steps, batch_size=4, device="cpu", name="ae",
+                                 size=16, config=AE_CFG, checkpoint_every=1, work_dir=str(tmp_path / work),
+                                 warmup=1, log=lambda m: None, **kw)
+
+    whole, card = run(6, "whole")
+    run(3, "chunks")
+    state = torch.load(tmp_path / "chunks" / "checkpoint.pt", weights_only=True)
+    # the rate of the last step taken (0-based step 2): 4e-4 · ½(1 + cos(π·2/6)), not yet the end of the schedule
+    assert state["opt"]["param_groups"][0]["lr"] == pytest.approx(4e-4 * 0.5 * (1 + np.cos(np.pi * 2 / 6)))
+    resumed, _ = run(6, "chunks")
+    assert sha256_file(resumed) == sha256_file(whole)
+    assert json.loads(card.read_text())["lr_schedule"] == "cosine"
+    last = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["opt"]["param_groups"][0]["lr"]
+    assert last == pytest.approx(4e-4 * 0.5 * (1 + np.cos(np.pi * 5 / 6)))
+    with pytest.raises(PriorError, match="learning-rate schedule cosine"):  # a constant rate cannot resume it
+        run(7, "chunks", lr_schedule="constant", schedule_steps=0)
+    with pytest.raises(PriorError, match="ending at step 6"):  # nor a cosine that ends elsewhere
+        run(7, "chunks", schedule_steps=8)
+    with pytest.raises(PriorError, match="before the 7 steps"):
+        run(7, "other")
+    with pytest.raises(PriorError, match="unknown learning-rate schedule"):
+        run(2, "other", lr_schedule="step")
+
+
 def test_latent_prior_reloads_identically_through_the_registry(trained):
     tmp, _, ae_weights, ae_card_path, weights, card_path = trained
     card = json.loads(card_path.read_text())
