@@ -73,7 +73,7 @@ def projection(points: list[dict], target: float, last: int) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| run | steps | images seen | CPU seconds | test PSNR dB |", "|---|---|---|---|---|"]
+    lines = ["| run | steps | images seen | training seconds | test PSNR dB |", "|---|---|---|---|---|"]
     notes = []
     for name, run in results.get("runs", {}).items():
         for p in sorted(run["points"], key=lambda p: p["steps"]):

@@ -27,7 +27,8 @@ Presets, from the scripts: deblurring 8 steps, σ_K = σ_n; super-resolution 24 
 (undersampled k-space: a mask of missing samples in the Fourier domain; DPIR has no MRI script) takes the same 40
 steps: on 16 brain-MRI *training* slices at σ_y = 0.025 they gained over zero filling +6.52 dB at 4× and +2.13 at
 8×, against +5.10 and +1.31 with 8 steps (24 steps: +6.47 and +1.98). Other tasks (CT, box inpainting, denoising)
-take the deblurring settings; for denoising alone ``tweedie`` is the one-step posterior mean.
+take the deblurring settings (on 4 CT training slices at 60 views 24 and 40 steps were within 0.1 dB of 8); for
+denoising alone ``tweedie`` is the one-step posterior mean.
 
 Conventions and deliberate differences:
 * The start: the scripts start the first data step from y (deblurring), bicubic-upsampled y (super-resolution) or
