@@ -165,12 +165,13 @@ def update_bench(t: Target, args, stored: dict, labels: list[str]) -> dict:
     """Re-measure only the solvers ``labels`` of a bench target (e.g. after a change of one solver's preset) and put
     them into its stored result, the other solvers' figures kept as measured. The baselines run again too, as a check
     that the images and the noise are the same: their means must equal the stored ones (to 0.005 dB: another machine's
-    round-off in the iterative ones), else the whole target has to be re-run. The decisive solver, the gain and the verdict are recomputed over every solver."""
+    round-off in the iterative ones), else the whole target has to be re-run. The decisive solver, the gain and the
+    verdict are recomputed over every solver."""
     prior = args.weights.get(t.prior, t.prior)
     sha = priors.resolve(prior).card.sha256
     if stored.get("prior_sha256") != sha:
-        raise SystemExit(f"{t.id}: the stored figures are of other prior weights ({stored.get('prior_sha256', '?')[:12]}"
-                         f"…, now {sha[:12]}…); re-run the whole target.")
+        raise SystemExit(f"{t.id}: the stored figures are of other prior weights "
+                         f"({stored.get('prior_sha256', '?')[:12]}…, now {sha[:12]}…); re-run the whole target.")
     mine = [s for s in labels if s in t.solvers]
     if not mine:
         return stored

@@ -42,9 +42,9 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
     posterior, plus ``kl_weight`` × KL(q(z|x) ‖ N(0, I)) summed over the latent and divided by the number of pixel
     values (LDM's weighting of a summed reconstruction loss). The learning rate warms up linearly over ``warmup``
     steps, then stays (``lr_schedule="constant"``) or follows a cosine to 0 at ``schedule_steps`` (default ``steps``;
-    larger when the run is trained in chunks, so stopping at ``steps`` does not change the schedule). A ``held_out`` fraction of the images (at least 1, at
-    most ``max_held_out``, evenly spread over the sorted file names) is never trained on; the card reports the
-    reconstruction PSNR on it."""
+    larger when the run is trained in chunks, so stopping at ``steps`` does not change the schedule). A ``held_out``
+    fraction of the images (at least 1, at most ``max_held_out``, evenly spread over the sorted file names) is never
+    trained on; the card reports the reconstruction PSNR on it."""
     from .train import ImageFolder, _atomic_save, _hardware, pick_device
 
     if recon not in ("l1", "l2"):
@@ -52,6 +52,7 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
     if lr_schedule not in ("constant", "cosine"):
         raise PriorError(f"unknown learning-rate schedule '{lr_schedule}'; use constant or cosine.")
     total = schedule_steps or steps
+    schedule = [lr_schedule, total if lr_schedule == "cosine" else 0]  # recorded in the checkpoint
     if total < steps:
         raise PriorError(f"the learning-rate schedule ends at step {total}, before the {steps} steps asked for; give "
                          f"schedule_steps ≥ steps.")
@@ -78,8 +79,8 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
         if state.get("autoencoder") != cfg.to_dict():
             raise PriorError(f"the checkpoint in {work} is for another architecture; remove it or pick another "
                              f"work dir.")
-        was = state.get("lr_schedule", ["constant", 0])
-        if lr_schedule == "cosine" and list(was) != ["cosine", total] or lr_schedule != "cosine" and was[0] == "cosine":
+        was = list(state.get("lr_schedule", ["constant", 0]))
+        if was != schedule:
             raise PriorError(f"the checkpoint in {work} was trained with the learning-rate schedule {was[0]} "
                              f"(ending at step {was[1]}), not {lr_schedule}" + (f" ending at {total}" if
                              lr_schedule == "cosine" else "") + "; resume with the same or pick another work dir.")
@@ -125,7 +126,7 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
         if step % checkpoint_every == 0 or step == steps:
             _atomic_save(dict(model=model.state_dict(), opt=opt.state_dict(), rng=g.get_state(), step=step,
                               autoencoder=cfg.to_dict(), seconds=seconds_before + elapsed,
-                              lr_schedule=[lr_schedule, total if lr_schedule == "cosine" else 0]), ckpt_path)
+                              lr_schedule=schedule), ckpt_path)
     seconds = seconds_before + (time.perf_counter() - t0)
     model.eval()
 
@@ -142,8 +143,9 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
     )
     log(f"autoencoder reconstruction PSNR: held-out {summary['psnr_held_out']} dB, train {summary['psnr_train']} dB; "
         f"scale factor {scale_factor:.4f}")
-    extra = dict(steps=step, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, kl_weight=kl_weight, recon=recon, crop=crop, size=size,
-                 hardware=_hardware(dev), train_seconds=round(seconds, 1), data=Path(data_folder).name)
+    extra = dict(steps=step, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, kl_weight=kl_weight, recon=recon,
+                 crop=crop, size=size, hardware=_hardware(dev), train_seconds=round(seconds, 1),
+                 data=Path(data_folder).name)
     return export_autoencoder(model, out, name, scale_factor, dict(summary, **extra))
 
 

@@ -128,7 +128,8 @@ def test_update_remeasures_one_solver_and_recomputes_the_verdict(pt, tmp_path, m
         return _rows({**base, "dpir": zf + 2.1}, baselines)
 
     monkeypatch.setattr(pt, "bench", fake_bench)
-    monkeypatch.setattr(pt.priors, "resolve", lambda name: types.SimpleNamespace(card=types.SimpleNamespace(sha256="abc")))
+    card = types.SimpleNamespace(sha256="abc")
+    monkeypatch.setattr(pt.priors, "resolve", lambda name: types.SimpleNamespace(card=card))
     args = types.SimpleNamespace(weights={}, work=tmp_path, shared=tmp_path, threads=0, lpips_weights=None, samples=[1])
     r = pt.update_bench(t, args, json.loads(json.dumps(stored)), ["dpir", "not-in-this-target"])
     assert calls == [["dpir"]]
