@@ -84,9 +84,8 @@ def prior_train(
                                 "--autoencoder is given), then the UNet on its latents"),
     autoencoder: Optional[Path] = typer.Option(None, "--autoencoder", help="--latent: a trained autoencoder"),
     autoencoder_steps: int = typer.Option(20000, "--autoencoder-steps", help="--latent: autoencoder steps"),
-    autoencoder_lr_schedule: str = typer.Option("cosine", "--autoencoder-lr-schedule", help="--latent: cosine "
-                                                "(decays to 0 at --autoencoder-steps; the autoencoder keeps no EMA) "
-                                                "or constant"),
+    autoencoder_lr_schedule: str = typer.Option("constant", "--autoencoder-lr-schedule", help="--latent: constant "
+                                                "or cosine (decays to 0 at --autoencoder-steps)"),
     autoencoder_arch: str = typer.Option("", "--autoencoder-arch", help="--latent: JSON dict of autoencoder "
                                          "arguments, e.g. '{\"base_channels\": 32, \"num_res_blocks\": 1}'"),
 ):

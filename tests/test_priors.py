@@ -314,7 +314,7 @@ def test_prior_cli_autoencoder_arch(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     ae_card = json.loads((tmp_path / "out" / "lat2-ae.json").read_text())
     assert ae_card["architecture"]["base_channels"] == 8 and ae_card["architecture"]["num_res_blocks"] == 1
-    assert ae_card["lr_schedule"] == "cosine"  # the autoencoder keeps no EMA: its rate decays by default
+    assert ae_card["lr_schedule"] == "constant"  # the default; --autoencoder-lr-schedule cosine decays it
     code = main(["prior", "train", str(tmp_path / "data"), "--name", "x", "--latent", "--autoencoder-lr-schedule",
                  "step"])
     assert code == 2 and "--autoencoder-lr-schedule must be constant or cosine" in capsys.readouterr().err
