@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
     larger when the run is trained in chunks, so stopping at ``steps`` does not change the schedule). A ``held_out``
     fraction of the images (at least 1, at most ``max_held_out``, evenly spread over the sorted file names) is never
     trained on; the card reports the reconstruction PSNR on it."""
-    from .train import ImageFolder, _atomic_save, _hardware, pick_device
+    from .train import ImageFolder, _atomic_save, _hardware, pick_device, scheduled_rate
 
     if recon not in ("l1", "l2"):
         raise PriorError(f"unknown reconstruction loss '{recon}'; use l1 or l2.")
@@ -105,9 +104,7 @@ def train_autoencoder(data_folder: "str | Path", out: "str | Path", steps: int =
         x = train_set.batch(batch_size, g).to(dev, non_blocking=True)
         c, h, w = cfg.latent_channels, x.shape[-2] // cfg.downsample, x.shape[-1] // cfg.downsample
         noise = torch.randn((x.shape[0], c, h, w), generator=g).to(dev)
-        rate = lr * min(1.0, (step + 1) / max(1, warmup))
-        if lr_schedule == "cosine":
-            rate *= 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        rate = scheduled_rate(lr, warmup, lr_schedule, total, step)
         for group in opt.param_groups:
             group["lr"] = rate
         rec, mean, logvar = model(x, noise)

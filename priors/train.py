@@ -233,13 +233,18 @@ def training_warnings(images: int, steps: int, batch_size: int, fine_tune: bool 
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of optimisation step ``step`` (0-based): linear warm-up, then constant or a cosine decay
-    that reaches 0 at ``cfg.steps``."""
-    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-    if cfg.lr_schedule == "cosine":
-        lr *= 0.5 * (1 + np.cos(np.pi * min(step, cfg.steps) / max(1, cfg.steps)))
+def scheduled_rate(lr: float, warmup: int, schedule: str, total: int, step: int) -> float:
+    """The learning rate of optimisation step ``step`` (0-based): linear warm-up over ``warmup`` steps, then
+    constant or a cosine decay that reaches 0 at step ``total``."""
+    lr = lr * min(1.0, (step + 1) / max(1, warmup))
+    if schedule == "cosine":
+        lr *= 0.5 * (1 + np.cos(np.pi * min(step, total) / max(1, total)))
     return float(lr)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """``scheduled_rate`` of a prior's training: the cosine reaches 0 at ``cfg.steps``."""
+    return scheduled_rate(cfg.lr, cfg.warmup, cfg.lr_schedule, cfg.steps, step)
 
 
 def initial_weights(cfg: TrainConfig, adm: ADMConfig) -> tuple[dict[str, torch.Tensor], dict]:

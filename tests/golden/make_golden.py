@@ -252,9 +252,9 @@ def prior_fingerprints() -> dict[str, torch.Tensor]:
 
 
 def generate(only: "list[str] | None" = None) -> dict:
-    """All records (of the solvers in ``only``, if given); each case run 4 times: the record (one thread), the same again in the reverse order (identical
-    but for round-off in external libraries), with a perturbed measurement and on two threads (its round-off
-    sensitivity, which sets its tolerance)."""
+    """All records (of the solvers in ``only``, if given); each case run 4 times: the record (one thread), the same
+    again in the reverse order (identical but for round-off in external libraries), with a perturbed measurement and
+    on two threads (its round-off sensitivity, which sets its tolerance)."""
     torch.set_num_threads(1)
     records, refused = {}, {}
     all_cases = [c for c in cases() if only is None or c.solver in only]
