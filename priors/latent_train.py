@@ -235,7 +235,7 @@ def export_latent(cfg, fitted, ae: SmallAutoencoder, ae_card: Mapping[str, Any],
                   n_latents: int) -> tuple[Path, Path]:
     """``OUT/NAME.safetensors`` (``net.*``: the EMA UNet, fp16 if ``cfg.fp16_weights``; ``autoencoder.*``: float32)
     and the model card ``OUT/NAME.json`` (latent=True, with the autoencoder's held-out reconstruction PSNR)."""
-    from .train import _hardware, write_card
+    from .train import hardware_summary, write_card
     from .weights import save_safetensors
 
     out = Path(cfg.out)
@@ -267,7 +267,8 @@ def export_latent(cfg, fitted, ae: SmallAutoencoder, ae_card: Mapping[str, Any],
                                     hardware=ae_card.get("hardware"), train_seconds=ae_card.get("train_seconds")),
                    steps=fitted.step, batch_size=cfg.batch_size, lr=cfg.lr, ema=cfg.ema, crop=cfg.crop,
                    images=n_images, latents=n_latents, weights_dtype=str(dtype).replace("torch.", ""),
-                   hardware=_hardware(fitted.device), train_seconds=round(fitted.seconds, 1),
+                   hardware=hardware_summary(fitted.runs, fitted.device), hardware_runs=fitted.runs,
+                   train_seconds=round(fitted.seconds, 1),
                    parameters=sum(v.numel() for v in tensors.values())),
     )
     return weights, write_card(card, out / f"{cfg.name}.json")

@@ -196,6 +196,7 @@ class FitResult:
     seconds: float               # training time over all resumed chunks
     device: torch.device
     init_info: dict = dataclasses.field(default_factory=dict)  # what --init started from, if anything
+    runs: list = dataclasses.field(default_factory=list)  # each resumed chunk: steps first..last, hardware, seconds
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print,
@@ -210,7 +211,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     (h, w), = shapes if len(shapes) == 1 else [(0, 1)]
     native = h if h == w else None  # all images one square size
     return export(cfg, fitted.ema, fitted.adm, fitted.step, fitted.seconds, fitted.device, len(data),
-                  native_size=native, init_info=fitted.init_info)
+                  native_size=native, init_info=fitted.init_info, runs=fitted.runs)
 
 
 #: below these a prior learns little: the embedded ones saw 80–22,407 images for 1,400–8,000 steps of batch 16
@@ -332,7 +333,7 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
-    step, seconds_before, init_info = 0, 0.0, {}
+    step, seconds_before, init_info, runs = 0, 0.0, {}, []
     if cfg.init and not ckpt_path.exists():
         state, init_info = initial_weights(cfg, adm)
         core(model).load_state_dict(state)
@@ -349,6 +350,9 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
         g.set_state(state["rng"])
         step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
         init_info = state.get("init_info", {})
+        # a checkpoint from before the per-chunk records: its steps' hardware is not known
+        runs = state.get("runs") or ([dict(first=1, last=step, hardware=None, seconds=round(seconds_before, 1))]
+                                     if step else [])
         log(f"resumed {cfg.name} at step {step} from {ckpt_path}")
     log(f"{len(data)} images, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, device {device}")
 
@@ -356,7 +360,11 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
     ab = torch.cumprod(1 - betas, 0).float().to(device)
     use_amp = device.type == "cuda"
     t0 = time.perf_counter()
-    seen = 0
+    seen, first, hardware = 0, step + 1, _hardware(device)
+
+    def runs_so_far() -> list[dict]:
+        return runs + ([dict(first=first, last=step, hardware=hardware,
+                             seconds=round(time.perf_counter() - t0, 1))] if step >= first else [])
     model.train()
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     while step < end:
@@ -388,15 +396,18 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
         if step % cfg.checkpoint_every == 0 or step == end:
             _atomic_save(dict(model=core(model).state_dict(), ema=core(ema).state_dict(), opt=opt.state_dict(),
                               rng=g.get_state(), step=step, adm=adm.to_dict(), seconds=seconds_before + elapsed,
-                              init_info=init_info, precond=cfg.precond), ckpt_path)
+                              init_info=init_info, precond=cfg.precond, runs=runs_so_far()), ckpt_path)
     total_seconds = seconds_before + (time.perf_counter() - t0)
-    return FitResult(ema=ema, adm=adm, step=step, seconds=total_seconds, device=device, init_info=init_info)
+    return FitResult(ema=ema, adm=adm, step=step, seconds=total_seconds, device=device, init_info=init_info,
+                     runs=runs_so_far())
 
 
 def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, seconds: float, device: torch.device,
-           n_images: int, native_size: int | None = None, init_info: dict | None = None) -> tuple[Path, Path]:
+           n_images: int, native_size: int | None = None, init_info: dict | None = None,
+           runs: list[dict] | None = None) -> tuple[Path, Path]:
     """Write the EMA weights (fp16 unless told otherwise) and the model card. ``native_size``: the side of the
-    (square, same-size) images the crops were cut from, the scale a convolutional crop-trained prior is meant for."""
+    (square, same-size) images the crops were cut from, the scale a convolutional crop-trained prior is meant for.
+    ``runs``: the chunks the training was resumed in (``FitResult.runs``); the card's ``hardware`` names each."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{cfg.name}.safetensors"
@@ -417,8 +428,8 @@ def export(cfg: TrainConfig, ema: torch.nn.Module, adm: ADMConfig, step: int, se
                    crop=cfg.crop, **(init_info or {}),
                    images=n_images, load_size=cfg.load_size, train_size=cfg.size, any_size=any_size,
                    weights_dtype=str(dtype).replace("torch.", ""), value_map=cfg.value_map,
-                   hardware=_hardware(device), train_seconds=round(seconds, 1),
-                   parameters=sum(v.numel() for v in tensors.values())),
+                   hardware=hardware_summary(runs, device), hardware_runs=runs or [],
+                   train_seconds=round(seconds, 1), parameters=sum(v.numel() for v in tensors.values())),
     )
     return weights, write_card(card, out / f"{cfg.name}.json")
 
@@ -429,6 +440,23 @@ def write_card(card: PriorCard, path: Path) -> Path:
     tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def hardware_summary(runs: list[dict] | None, device: torch.device) -> str:
+    """The card's ``hardware``: one machine if every chunk ran on the same, else each with its steps, e.g. "CPU x86_64
+    × 2 threads (steps 1–8,000); CPU x86_64 × 1 threads (steps 8,001–40,000)". No runs: this machine."""
+    groups: list[list] = []
+    for run in runs or []:
+        if groups and groups[-1][0] == run["hardware"] and groups[-1][2] + 1 == run["first"]:
+            groups[-1][2] = run["last"]
+        else:
+            groups.append([run["hardware"], run["first"], run["last"]])
+    if not groups:
+        return _hardware(device)
+    if len(groups) == 1 and groups[0][0] is not None:
+        return groups[0][0]
+    return "; ".join(f"{hw or 'not recorded (a checkpoint from before per-chunk records)'} "
+                     + (f"(steps {a:,}–{b:,})" if b > a else f"(step {a:,})") for hw, a, b in groups)
 
 
 def _hardware(device: torch.device) -> str:

@@ -112,6 +112,8 @@ def test_latent_prior_reloads_identically_through_the_registry(trained):
     assert card["extra"]["scale_factor"] == ae_card["scale_factor"]
     assert card["extra"]["autoencoder_psnr_held_out"] == ae_card["psnr_held_out"]
     assert card["sha256"] == sha256_file(weights) and card["architecture"]["kind"] == "latent"
+    runs = card["extra"]["hardware_runs"]  # one chunk: steps 1..N on this machine, named as the card's hardware
+    assert [(r["first"], r["last"], r["hardware"]) for r in runs] == [(1, card["extra"]["steps"], card["extra"]["hardware"])]
 
     prior = priors.resolve(str(weights))
     assert isinstance(prior, LatentPrior) and prior.card.latent and prior.card.domain == "gradients"

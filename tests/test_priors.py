@@ -174,6 +174,40 @@ def test_train_save_reload_through_the_registry_gives_identical_outputs(tmp_path
     assert priors.base.sha256_file(again) == card["sha256"]
 
 
+def test_the_card_names_the_hardware_of_every_resumed_chunk(tmp_path, monkeypatch):
+    """Training resumed on other hardware (here: another thread count) records each chunk's steps and machine; a
+    checkpoint from before these records says its steps' hardware is not recorded."""
+    from priors.train import _hardware
+
+    _tiny_dataset(tmp_path / "data")
+    cfg = TrainConfig(data=str(tmp_path / "data"), name="mini", out=str(tmp_path / "out"), size=16, arch="tiny",
+                      steps=2, batch_size=2, checkpoint_every=1, work_dir=str(tmp_path / "work"), device="cpu")
+    threads = 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    two = _hardware(torch.device("cpu"))
+    card = json.loads(train(cfg, log=lambda m: None)[1].read_text())["extra"]
+    assert card["hardware"] == two and [(r["first"], r["last"]) for r in card["hardware_runs"]] == [(1, 2)]
+    threads = 1
+    one = _hardware(torch.device("cpu"))
+    assert one != two
+    later = TrainConfig(**dict(cfg.__dict__, steps=5))
+    card = json.loads(train(later, log=lambda m: None)[1].read_text())["extra"]
+    assert card["hardware"] == f"{two} (steps 1–2); {one} (steps 3–5)"
+    assert [(r["first"], r["last"], r["hardware"]) for r in card["hardware_runs"]] == [(1, 2, two), (3, 5, one)]
+    assert card["steps"] == 5
+    # resuming at the final step adds no chunk; a third chunk on the same machine extends the second's range
+    assert json.loads(train(later, log=lambda m: None)[1].read_text())["extra"]["hardware"] == card["hardware"]
+    card = json.loads(train(TrainConfig(**dict(cfg.__dict__, steps=6)), log=lambda m: None)[1].read_text())["extra"]
+    assert card["hardware"] == f"{two} (steps 1–2); {one} (steps 3–6)" and len(card["hardware_runs"]) == 3
+    # a checkpoint written before the per-chunk records
+    ckpt = tmp_path / "work" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["runs"]
+    torch.save(state, ckpt)
+    card = json.loads(train(TrainConfig(**dict(cfg.__dict__, steps=7)), log=lambda m: None)[1].read_text())["extra"]
+    assert card["hardware"] == f"not recorded (a checkpoint from before per-chunk records) (steps 1–6); {one} (step 7)"
+
+
 def test_norm_groups_travel_from_the_arch_through_the_card(tmp_path):
     """A prior trained with --arch '{..., "norm_groups": 8}' is reloaded (registry, card) with 8-group norms and
     gives its checkpoint's EMA outputs; a 32-group network with the same weights gives others."""
