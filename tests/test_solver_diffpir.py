@@ -163,5 +163,8 @@ def test_presets_follow_the_task():
     solver = get_solver("diffpir")
     assert solver.auto_preset(op) == "inpaint-random"
     assert get_solver("diffpir", preset="inpaint-random").params["zeta"] == 1.0
+    mri = operators.build("mri:accel=4,center=0.08,pattern=random", (1, 16, 16), seeds=[0])
+    assert solver.auto_preset(mri) == "mri" and get_solver("diffpir", preset="mri").params["zeta"] == 1.0
+    assert get_solver("diffpir").params["zeta"] == 0.1  # the scripts' default elsewhere
     with pytest.raises(SolverError, match="zeta"):
         get_solver("diffpir", zeta=1.5)
