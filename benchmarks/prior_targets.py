@@ -32,7 +32,8 @@ error, so the mean is what PSNR rewards, while LPIPS rewards the single sample. 
 of the square (``restore --equivariant``; 8 evaluations). ``--weights NAME=FILE`` evaluates a candidate weight file
 in place of an embedded prior (give it its own ``--work`` so that the shipped prior's finished images are not read
 back). ``--update dpir --only mri-4x,mri-8x`` re-measures one solver after a change to it and keeps the other
-solvers' stored figures (the baselines run again and must agree with the stored ones).
+solvers' stored figures (the baselines run again and must agree with the stored ones); the target's work folder
+keeps every solver's rows in its results.json and report (a solver the target no longer lists is dropped).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +55,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import priors  # noqa: E402
 from priors.base import SYMMETRIES  # noqa: E402
-from restore.bench import bench, parse_samples, sample_label, spread  # noqa: E402
+from restore.bench import bench, parse_samples, sample_label, spread, write_report, write_results  # noqa: E402
 from restore.io import find_images, load_image, save_image  # noqa: E402
 from restore.metrics import psnr  # noqa: E402
 from restore.report import mean_ci, summary  # noqa: E402
@@ -177,8 +179,14 @@ def update_bench(t: Target, args, stored: dict, labels: list[str]) -> dict:
         return stored
     folder = prepared(t.data, args.work, args.shared)
     t0 = time.time()
+    kept = args.work / t.id / "results.json"
+    earlier = json.loads(kept.read_text()) if kept.is_file() else []
     rows = bench([str(folder)], [t.task], mine, prior, args.work / t.id, noise=str(t.noise), limit=t.limit,
                  baselines="auto", threads=args.threads, lpips_weights=args.lpips_weights, samples=args.samples)
+    if earlier:  # the folder's results and report keep every solver (bench wrote only this run's)
+        merged = merged_rows(earlier, rows, t.solvers)
+        write_results(args.work / t.id, merged)
+        write_report(args.work / t.id, merged)
     only = dataclasses.replace(t, solvers=tuple(mine))
     entries = {args.samples[0]: stored} | {int(k): v for k, v in stored.get("by_samples", {}).items()}
     for k in args.samples:
@@ -192,6 +200,10 @@ def update_bench(t: Target, args, stored: dict, labels: list[str]) -> dict:
                 raise SystemExit(f"{t.id}: baseline {name} measures {v['psnr']:.4f} dB now, "
                                  f"{old and old['psnr']} stored: not the same images or noise; re-run the whole "
                                  f"target.")
+        for name in [n for n, v in entry["methods"].items()  # a label the target no longer lists (e.g. renamed)
+                     if not v["baseline"] and n.split(" (")[0] not in t.solvers]:
+            del entry["methods"][name]
+            entry["gains"].pop(name, None)
         for name, g in fresh["gains"].items():
             entry["methods"][name] = fresh["methods"][name]
             entry["gains"][name] = g
@@ -203,6 +215,24 @@ def update_bench(t: Target, args, stored: dict, labels: list[str]) -> dict:
     stored.setdefault("updates", []).append({"solvers": mine, "seconds": round(time.time() - t0, 1),
                                              "date": time.strftime("%Y-%m-%d")})
     return stored
+
+
+def merged_rows(earlier: list[dict], fresh: list[dict], solvers: Sequence[str]) -> list[dict]:
+    """A bench folder's rows after ``update_bench``: the earlier rows in their order, each method the fresh run
+    measured (its solvers and the baselines) replaced by its fresh rows, a solver label the target no longer lists
+    dropped, and a method new to the folder placed after the last earlier solver (before the baselines)."""
+    def groups(rows):
+        out: dict[str, list[dict]] = {}
+        for r in rows:
+            out.setdefault(r["solver"], []).append(r)
+        return out
+
+    old, new = groups(earlier), groups(fresh)
+    order = [m for m, rs in old.items() if rs[0].get("baseline") or m.split(" (")[0] in solvers]
+    last = max((i for i, m in enumerate(order) if not old[m][0].get("baseline") or m == "pinv"), default=-1)
+    added = [m for m in new if m not in old]
+    order = order[:last + 1] + added + order[last + 1:]
+    return [r for m in order for r in new.get(m, old.get(m, []))]
 
 
 def stochastic(label: str) -> bool:

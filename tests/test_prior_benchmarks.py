@@ -6,6 +6,7 @@ log-linear projections; the autoencoder curve's chunks at toy scale)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -137,6 +138,25 @@ def test_update_remeasures_one_solver_and_recomputes_the_verdict(pt, tmp_path, m
     assert math.isclose(r["gains"]["dpir"]["psnr"]["mean"], 2.1, rel_tol=1e-9)
     assert math.isclose(r["methods"]["dpir"]["psnr"], float(np.mean(zf + 2.1)), rel_tol=1e-9)
     assert r["gains"]["a"] == stored["gains"]["a"] and r["updates"][0]["solvers"] == ["dpir"]
+    # a label the target now names otherwise (b → b:mri): the new one runs, the old one's figures leave the verdict
+    renamed = dataclasses.replace(t, solvers=("a", "b:mri", "dpir"))
+    monkeypatch.setattr(pt, "bench", lambda *a, **k: _rows({**base, "b:mri": zf + 0.5}, baselines))
+    r = pt.update_bench(renamed, args, json.loads(json.dumps(stored)), ["b:mri"])
+    assert set(r["gains"]) == {"a", "b:mri", "dpir"} and "b" not in r["methods"] and "zerofill" in r["methods"]
+    assert r["decisive"] == "b:mri" and math.isclose(r["gain"], 0.5, rel_tol=1e-9) and not r["met"]
+    # the folder's results.json keeps every solver of the earlier full run (bench rewrote it with this run's rows)
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(_rows({**base, "a": a, "b": b, "dpir": zf + 0.8}, baselines)))
+    reports = []
+    monkeypatch.setattr(pt, "write_report", lambda out, rows: reports.append((out, rows)))  # its grid reads outputs
+    pt.update_bench(renamed, args, json.loads(json.dumps(stored)), ["b:mri"])
+    rows = json.loads((folder / "results.json").read_text())
+    order = list(dict.fromkeys(r["solver"] for r in rows))
+    assert order == ["pinv", "zerofill", "tv", "a", "dpir", "b:mri"], order  # b dropped, b:mri after the solvers
+    fresh = {r["image"]: r["psnr"] for r in rows if r["solver"] == "b:mri"}
+    assert len(rows) == 6 * 6 and fresh == {f"im{k}.png": float(zf[k] + 0.5) for k in range(6)}
+    assert reports == [(folder, rows)]
     # other noise or images: the re-run baseline disagrees with the stored one, and nothing is mixed
     monkeypatch.setattr(pt, "bench", lambda *a, **k: _rows({**base, "zerofill": zf + 0.01, "dpir": zf}, baselines))
     with pytest.raises(SystemExit, match="not the same images or noise"):
