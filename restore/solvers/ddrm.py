@@ -69,6 +69,10 @@ class DDRM(Solver):
         "low-start": {"steps": 100, "sigma_start": 2.0,
                       "description": "100 steps from σ = 2 on [-1, 1] (σ = 1 on [0, 1], deepinv's start) instead of "
                                      "T; not the official setting"},
+        "mri": {"steps": 100, "sigma_start": 2.0, "eta": 1.0,
+                "description": "100 steps from σ = 2 with η = 1 (a fresh draw in the null space each step); no "
+                               "official MRI setting, chosen on 8 training slices at σ = 0.025: +4.45 / +2.74 dB over "
+                               "zero filling at 4× / 8×, the official 20 steps +2.07 / +0.59, low-start +4.40 / +2.17"},
     }
 
     rules = {"eta": between(0, 1), "eta_b": between(0, 1), "steps": at_least(1)}
