@@ -61,7 +61,9 @@ from restore.metrics import psnr  # noqa: E402
 from restore.report import mean_ci, summary  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-ALL_PIXEL_SOLVERS = ("dps:fast", "ddnm", "daps:daps-100", "reddiff:fast", "ddrm", "ddrm:low-start", "ddnm:low-start",
+#: the MRI targets' solvers; a plain name runs the preset the command line picks for MRI (dps, ddrm, diffpir and
+#: dpir: their `mri` presets)
+ALL_PIXEL_SOLVERS = ("dps", "ddnm", "daps:daps-100", "reddiff:fast", "ddrm", "ddrm:low-start", "ddnm:low-start",
                      "diffpir", "pigdm", "dpir")
 
 

@@ -52,7 +52,10 @@ the official tasks (none of which reaches the limit); "off" disables it. Our ext
 
 Step-size presets (``scale``, the official ``configs/*_config.yaml``): SR ×4, Gaussian and motion deblur 0.3;
 inpainting (box and random) 0.5; phase retrieval 1.0 (``nonlinear_deblur`` 0.3). Tasks without an official config
-(other SR factors, MRI, CT, HDR, denoising) use 0.5, the inpainting value, our choice — tune with ``scale=…``.
+(other SR factors, CT, HDR, denoising) use 0.5, the inpainting value, our choice — tune with ``scale=…``. MRI has
+none either; its ``mri`` preset (250 respaced steps, ζ = 1.5, ``variance=fixedsmall``) was chosen on training slices
+(docs/priors.md, brain-mri): a fixed-length step large enough for 4× made some 8× slices diverge (ζ = 2: two of 8),
+and the posterior variance β̃ of the respaced steps gained over β at 100 steps.
 """
 
 from __future__ import annotations
@@ -120,6 +123,10 @@ class DPS(Solver):
         "inpaint-box": {"scale": 0.5, "description": "official inpainting_config (box): ζ = 0.5"},
         "inpaint-random": {"scale": 0.5, "description": "official inpainting_config (random): ζ = 0.5"},
         "phase-retrieval": {"scale": 1.0, "description": "official phase_retrieval_config: ζ = 1.0"},
+        "mri": {"steps": 250, "scale": 1.5, "variance": "fixedsmall",
+                "description": "250 respaced steps, ζ = 1.5, the posterior variance β̃ (no official MRI config; chosen "
+                               "on 8 training slices at σ = 0.025, the `brain-mri` section of docs/priors.md: "
+                               "`fast` was unstable at 8× and short at 4×)"},
         "fast": {"steps": 100, "scale": 4.0,
                  "description": "100 respaced DDPM steps with ζ = 4 (not in the paper: ten times fewer guided steps "
                                 "need a larger step; on faces64 SR×4, ζ = 0.5/1/2/4 gave 12.6/16.4/19.3/21.1 dB)"},
