@@ -203,7 +203,7 @@ def update_bench(t: Target, args, stored: dict, labels: list[str]) -> dict:
                                  f"{old and old['psnr']} stored: not the same images or noise; re-run the whole "
                                  f"target.")
         for name in [n for n, v in entry["methods"].items()  # a label the target no longer lists (e.g. renamed)
-                     if not v["baseline"] and n.split(" (")[0] not in t.solvers]:
+                     if not v["baseline"] and bench_label(n) not in t.solvers]:
             del entry["methods"][name]
             entry["gains"].pop(name, None)
         for name, g in fresh["gains"].items():
@@ -219,6 +219,11 @@ def update_bench(t: Target, args, stored: dict, labels: list[str]) -> dict:
     return stored
 
 
+def bench_label(method: str) -> str:
+    """The solver label of a method as bench names it (``sample_label`` undone): 'ddnm (mean of 4)' → 'ddnm'."""
+    return method.split(" (")[0]
+
+
 def merged_rows(earlier: list[dict], fresh: list[dict], solvers: Sequence[str]) -> list[dict]:
     """A bench folder's rows after ``update_bench``: the earlier rows in their order, each method the fresh run
     measured (its solvers and the baselines) replaced by its fresh rows, a solver label the target no longer lists
@@ -230,7 +235,7 @@ def merged_rows(earlier: list[dict], fresh: list[dict], solvers: Sequence[str]) 
         return out
 
     old, new = groups(earlier), groups(fresh)
-    order = [m for m, rs in old.items() if rs[0].get("baseline") or m.split(" (")[0] in solvers]
+    order = [m for m, rs in old.items() if rs[0].get("baseline") or bench_label(m) in solvers]
     last = max((i for i, m in enumerate(order) if not old[m][0].get("baseline") or m == "pinv"), default=-1)
     added = [m for m in new if m not in old]
     order = order[:last + 1] + added + order[last + 1:]
