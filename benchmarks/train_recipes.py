@@ -11,13 +11,24 @@ Candidates (``--candidates``, comma-separated; ``CANDIDATES`` below):
   crop32       today's recipe on 32×32 crops instead of --size (convolutional priors, ``--crop random``): a step
                costs about a quarter, so it takes 4× the steps, evaluated at the same pixels seen; tested on the
                same --size centre crops as the others (the network is convolutional)
+  crop32-g8    crop32 with 8 GroupNorm groups instead of 32 (at 32 channels, 32 groups normalise each channel alone;
+               the faces64 colour casts of sessions 11-12): the baseline of the two below
+  wide48-g8    width: crop32-g8 with 48 base channels instead of 32 (3.5 M parameters, about 2× the cost of a
+               step), so it takes half crop32's steps and is evaluated at about the same CPU time
+  deep2-g8     depth: crop32-g8 with 2 residual blocks per level instead of 1 (2.3 M parameters, about 1.4× the
+               cost of a step), so it takes 2.8/4 of crop32's steps
+
+A candidate's ``_arch`` entries replace those of ``--arch`` (the network then trains from a JSON architecture);
+``_steps_factor`` scales both ``--steps`` and ``--eval-every``, so candidates of different cost per step meet at the
+same evaluation points in CPU time rather than in images seen.
 
 Every candidate is one resumable ``priors.train.fit`` run in ``--work/NAME`` (chunks of ``--eval-every`` steps); the
 results JSON is rewritten after every evaluation and finished points are skipped, so the script is run again to go
 on after an interruption. The noise of every evaluation is fixed (one generator per σ), the same for all candidates.
 
 ``--table`` prints the markdown table of a results JSON (EMA weights; in brackets the difference from the first
-candidate at the same evaluation point: the same images seen, or for ``crop32`` the same pixels seen).
+candidate at the same evaluation point: the same images seen, for ``crop32`` the same pixels seen, for the width and
+depth candidates about the same CPU time, which the table gives beside it).
 ``--test-crop centre`` tests on native-scale centre crops of --size (photographs, scans) instead of whole images
 resized to --size (aligned faces).
 
@@ -43,6 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from priors.base import DiffusionPrior, PriorCard  # noqa: E402
+from priors.configs import ARCHITECTURES  # noqa: E402
 from priors.train import ImageFolder, TrainConfig, core, fit, make_network  # noqa: E402
 
 SIGMAS = (0.05, 0.1, 0.2, 0.4, 1.0)
@@ -52,7 +64,19 @@ CANDIDATES = {
     "ddpm-cosine": {"lr_schedule": "cosine"},
     "edm-cosine": {"precond": "edm", "lr_schedule": "cosine"},
     "crop32": {"size": 32, "_steps_factor": 4},
+    "crop32-g8": {"size": 32, "_steps_factor": 4, "_arch": {"norm_groups": 8}},
+    "wide48-g8": {"size": 32, "_steps_factor": 2, "_arch": {"num_channels": 48, "norm_groups": 8}},
+    "deep2-g8": {"size": 32, "_steps_factor": 2.8, "_arch": {"num_res_blocks": 2, "norm_groups": 8}},
 }
+
+
+def candidate_arch(name: str, arch: str) -> str:
+    """--arch, or for a candidate with ``_arch`` overrides the JSON of --arch's arguments with them replaced."""
+    overrides = CANDIDATES[name].get("_arch")
+    if not overrides:
+        return arch
+    base = ARCHITECTURES[arch] if arch in ARCHITECTURES else json.loads(arch)
+    return json.dumps(dict(base, **overrides), sort_keys=True)
 
 
 @torch.no_grad()
@@ -153,11 +177,14 @@ def main() -> None:
         if settings["size"] not in folders:
             folders[settings["size"]] = ImageFolder(args.data, settings["size"], args.channels, args.crop)
         data = folders[settings["size"]]
-        steps, every = args.steps * factor, args.eval_every * factor
-        cfg = TrainConfig(data=args.data, name=name, out="", channels=args.channels, arch=args.arch,
-                          crop=args.crop, steps=steps, batch_size=args.batch_size, lr=args.lr,
+        every = round(args.eval_every * factor)
+        steps = every * (args.steps // args.eval_every)
+        cfg = TrainConfig(data=args.data, name=name, out="", channels=args.channels,
+                          arch=candidate_arch(name, args.arch), crop=args.crop, steps=steps, batch_size=args.batch_size, lr=args.lr,
                           checkpoint_every=every, work_dir=str(Path(args.work) / name), device="cpu", **settings)
         rows = results.setdefault("candidates", {}).setdefault(name, {"recipe": dataclasses.asdict(cfg), "points": []})
+        rows.setdefault("parameters", sum(p.numel() for p in make_network(cfg.adm_config(), cfg.precond,
+                                                                          cfg.schedule).parameters()))
         done = {p["step"] for p in rows["points"]}
         for stop in range(every, steps + 1, every):
             if stop in done:

@@ -231,7 +231,7 @@ def test_recipes_compare_at_the_same_point_and_crop32_sees_the_same_pixels(tr, t
     out = tmp_path / "r.json"
     monkeypatch.setattr(sys, "argv", ["train_recipes", "--data", str(data), "--test", str(data), "--arch", "tiny",
                                       "--size", "64", "--crop", "random", "--test-crop", "centre", "--steps", "2",
-                                      "--eval-every", "1", "--test-limit", "2", "--candidates", "ddpm,crop32",
+                                      "--eval-every", "1", "--test-limit", "2", "--candidates", "ddpm,crop32,wide48-g8",
                                       "--work", str(tmp_path / "w"), "--json", str(out), "--batch-size", "2"])
     tr.main()
     res = json.loads(out.read_text())
@@ -243,6 +243,16 @@ def test_recipes_compare_at_the_same_point_and_crop32_sees_the_same_pixels(tr, t
     first = ddpm[0]["ema"]["0.05"]
     row = next(line for line in table.splitlines() if line.startswith("| crop32 | 8 (32² crops) |"))
     assert f"({crop[0]['ema']['0.05'] - first:+.2f})" in row
+    # the width candidate: --arch with 48 base channels and 8 groups, half crop32's steps (about its CPU time)
+    wide = res["candidates"]["wide48-g8"]
+    assert [p["step"] for p in wide["points"]] == [2, 4]
+    arch = json.loads(wide["recipe"]["arch"])
+    from priors.configs import ARCHITECTURES
+    assert arch == dict(ARCHITECTURES["tiny"], num_channels=48, norm_groups=8)
+    assert res["candidates"]["ddpm"]["recipe"]["arch"] == "tiny"
+    # parameters grow with the square of the width, near enough (the biases and norms grow linearly)
+    ratio = wide["parameters"] / res["candidates"]["crop32"]["parameters"]
+    assert 2.0 < ratio < 48**2 / 32**2
 
 
 def test_quality_against_compute_projection_solves_the_log_linear_trend(tmp_path):
