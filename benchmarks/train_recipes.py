@@ -28,7 +28,9 @@ on after an interruption. The noise of every evaluation is fixed (one generator 
 
 ``--table`` prints the markdown table of a results JSON (EMA weights; in brackets the difference from the first
 candidate at the same evaluation point: the same images seen, for ``crop32`` the same pixels seen, for the width and
-depth candidates about the same CPU time, which the table gives beside it).
+depth candidates about the same CPU time, which the table gives beside it). ``--compare time`` takes the difference
+at the same training seconds instead, the first candidate's curve interpolated linearly between its points: the fair
+comparison of networks that cost different times per step.
 ``--test-crop centre`` tests on native-scale centre crops of --size (photographs, scans) instead of whole images
 resized to --size (aligned faces).
 
@@ -104,12 +106,15 @@ def weights_at(cfg: TrainConfig, work: Path, which: str) -> tuple[torch.nn.Modul
     return net, int(state["step"]), float(state["seconds"])
 
 
-def markdown_table(results: dict) -> str:
+def markdown_table(results: dict, compare: str = "point") -> str:
     """The EMA denoiser PSNR of every candidate at every evaluation point (images seen, training hours), with the
-    difference from the first candidate at the same point."""
+    difference from the first candidate: at the same evaluation point (``compare="point"``), or at the same training
+    seconds (``"time"``: the first candidate's PSNR interpolated linearly in seconds between its points; no
+    difference outside its range)."""
     cands = results["candidates"]
     first = next(iter(cands))
     base = [p["ema"] for p in cands[first]["points"]]  # compared at the same evaluation point
+    base_t = [p["train_seconds"] for p in cands[first]["points"]]
     sigmas = [str(s) for s in results["setup"]["sigmas"]]
     lines = ["| recipe | images seen | CPU h | " + " | ".join(f"σ = {s}" for s in sigmas) + " |",
              "|---|---|---|" + "---|" * len(sigmas)]
@@ -118,7 +123,11 @@ def markdown_table(results: dict) -> str:
             cells = []
             for s in sigmas:
                 v = p["ema"][s]
-                diff = v - base[k][s] if name != first and k < len(base) else None
+                diff = None
+                if name != first and compare == "point" and k < len(base):
+                    diff = v - base[k][s]
+                elif name != first and compare == "time" and base_t[0] <= p["train_seconds"] <= base_t[-1]:
+                    diff = v - float(np.interp(p["train_seconds"], base_t, [b[s] for b in base]))
                 cells.append(f"{v:.2f}" + (f" ({diff:+.2f})" if diff is not None else ""))
             size = rows["recipe"].get("size", results["setup"]["size"])
             seen = f"{p['images_seen']:,}" + (f" ({size}² crops)" if size != results["setup"]["size"] else "")
@@ -146,9 +155,12 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--table", action="store_true", help="print the markdown table of --json and stop (no training)")
+    ap.add_argument("--compare", default="point", choices=("point", "time"),
+                    help="--table: differences from the first candidate at the same evaluation point, or at the "
+                         "same training seconds (interpolated)")
     args = ap.parse_args()
     if args.table:
-        print(markdown_table(json.loads(Path(args.json).read_text())))
+        print(markdown_table(json.loads(Path(args.json).read_text()), args.compare))
         return
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -255,6 +255,20 @@ def test_recipes_compare_at_the_same_point_and_crop32_sees_the_same_pixels(tr, t
     assert 2.0 < ratio < 48**2 / 32**2
 
 
+def test_recipes_table_compares_at_equal_training_time(tr):
+    """--compare time: the first candidate's PSNR interpolated linearly in training seconds; a point outside its
+    range gets no difference; --compare point keeps the same-index difference."""
+    pt = lambda sec, v: {"train_seconds": sec, "images_seen": 16, "ema": {"0.1": v}}  # noqa: E731
+    res = {"setup": {"sigmas": [0.1], "size": 32},
+           "candidates": {"base": {"recipe": {}, "points": [pt(100, 30.0), pt(200, 32.0)]},
+                          "big": {"recipe": {}, "points": [pt(150, 30.5), pt(250, 33.0)]}}}
+    rows = tr.markdown_table(res, "time").splitlines()
+    assert rows[4].endswith("| 30.50 (-0.50) |")        # base at 150 s: 31.0 by interpolation
+    assert rows[5].endswith("| 33.00 |")                # 250 s: beyond the base curve, no difference
+    rows = tr.markdown_table(res).splitlines()
+    assert rows[4].endswith("| 30.50 (+0.50) |") and rows[5].endswith("| 33.00 (+1.00) |")
+
+
 def test_quality_against_compute_projection_solves_the_log_linear_trend(tmp_path):
     pc = _module("prior_curve")
     # PSNR = 20 + 0.5·log2(pixels): BM3D's 27 dB is reached at 2^14 pixels, 16× the newest point's 2^10
