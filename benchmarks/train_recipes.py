@@ -195,6 +195,8 @@ def main() -> None:
                           arch=candidate_arch(name, args.arch), crop=args.crop, steps=steps, batch_size=args.batch_size, lr=args.lr,
                           checkpoint_every=every, work_dir=str(Path(args.work) / name), device="cpu", **settings)
         rows = results.setdefault("candidates", {}).setdefault(name, {"recipe": dataclasses.asdict(cfg), "points": []})
+        rows["recipe"]["steps"] = max(rows["recipe"]["steps"], steps)  # a run continued with a larger --steps
+        results["setup"]["steps"] = max(results["setup"]["steps"], args.steps)
         rows.setdefault("parameters", sum(p.numel() for p in make_network(cfg.adm_config(), cfg.precond,
                                                                           cfg.schedule).parameters()))
         done = {p["step"] for p in rows["points"]}

@@ -253,6 +253,15 @@ def test_recipes_compare_at_the_same_point_and_crop32_sees_the_same_pixels(tr, t
     # parameters grow with the square of the width, near enough (the biases and norms grow linearly)
     ratio = wide["parameters"] / res["candidates"]["crop32"]["parameters"]
     assert 2.0 < ratio < 48**2 / 32**2
+    # run on with a larger --steps: the finished points are kept, the new one added, the recorded steps follow
+    argv = list(sys.argv)
+    argv[argv.index("--steps") + 1], argv[argv.index("--candidates") + 1] = "3", "ddpm"
+    monkeypatch.setattr(sys, "argv", argv)
+    tr.main()
+    res2 = json.loads(out.read_text())
+    assert [p["step"] for p in res2["candidates"]["ddpm"]["points"]] == [1, 2, 3]
+    assert res2["candidates"]["ddpm"]["points"][:2] == ddpm
+    assert res2["candidates"]["ddpm"]["recipe"]["steps"] == 3 and res2["setup"]["steps"] == 3
 
 
 def test_recipes_table_compares_at_equal_training_time(tr):
