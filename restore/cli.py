@@ -377,7 +377,8 @@ def demo(
     lpips_weights: Optional[str] = typer.Option(None, "--lpips-weights", envvar="RESTORE_LPIPS_WEIGHTS"),
     threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0: torch's default)"),
 ):
-    """Degrade the shipped sample images and restore them with the embedded priors (beside the A⁺y baseline)."""
+    """Degrade the shipped sample images and restore them with the embedded priors (beside A⁺y and the classical
+    baselines)."""
     from .demo import run_demo
 
     set_threads(threads)

@@ -1,11 +1,13 @@
 """``restore demo`` / ``make demo``: degrade the shipped samples and restore them with the embedded priors.
 
-Face tasks (64×64) run DDNM, DPS, DAPS and RED-Diff (their fast presets) on the embedded ``faces64`` prior beside
-the pseudo-inverse baseline, ReSample on the latent ``faces64-latent``; MRI (4× k-space) runs DDNM and DAPS on ``brain-mri``, sparse-view CT (60 views)
+Face tasks (64×64) run DDNM, DPS, DAPS, RED-Diff (their fast presets) and DPIR on the embedded ``faces64`` prior,
+ReSample on the latent ``faces64-latent``; MRI (4× k-space) runs DDNM and DAPS on ``brain-mri``, sparse-view CT (60 views)
 RED-Diff on ``ct``, each on a synthetic 128×128 slice that the prior itself generated (no shippable patient image
-exists; see sample_data/README.md). A task whose prior is not available here runs the baseline only. Prints a table
-of PSNR/SSIM (LPIPS when weights are available) and writes every measurement, restoration and sidecar under
-``--out``.
+exists; see sample_data/README.md). Every task also runs the pseudo-inverse A⁺y and every classical baseline that
+takes it (bicubic, Wiener, biharmonic, zero filling, FBP, TV: ``restore.bench.baselines_for``), so the strongest
+simple method stands beside the solvers; a task whose prior is not available here runs those only. Prints a table of
+PSNR/SSIM (LPIPS when weights are available), the best of each task in bold, and writes every measurement,
+restoration and sidecar under ``--out``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rich.table import Table
 
 from operators import Noise
 
+from .bench import baselines_for
 from .degrade import degrade_one
 from .io import load_image, preview, save_image, save_measurement, write_json
 from .solve import Job, run
@@ -38,6 +41,13 @@ TASKS = [
 ]
 
 
+def demo_plan(spec: str, image_shape, solvers: list, prior_available: bool) -> list[tuple[str, str | None]]:
+    """What a task runs: A⁺y, then every classical baseline that takes the operator, then the diffusion solvers
+    (when their prior is available)."""
+    baselines = [b for b in baselines_for(spec, image_shape) if b != "pinv"]
+    return [("pinv", None)] + [(b, None) for b in baselines] + (list(solvers) if prior_available else [])
+
+
 def run_demo(out: Path, console: Console, seed: int = 0, lpips_weights: str | None = None) -> list[dict]:
     import priors
 
@@ -53,7 +63,8 @@ def run_demo(out: Path, console: Console, seed: int = 0, lpips_weights: str | No
         stem = f"{index}_{Path(name).stem}_{spec.split(':')[0]}"
         save_measurement(out / f"{stem}.npz", m)
         save_image(out / f"{stem}_measurement.png", preview(m.y[0]))
-        plan = [("pinv", None)] + (solvers if prior in available else [])
+        plan = demo_plan(spec, tuple(x.shape), solvers, prior in available)
+        task_rows = []
         for solver, preset in plan:
             job = Job(SAMPLES / name, Path(f"{stem}_{solver}.png"), m, reference=x, reference_path=str(SAMPLES / name))
             start = time.perf_counter()
@@ -61,13 +72,26 @@ def run_demo(out: Path, console: Console, seed: int = 0, lpips_weights: str | No
                          lpips_weights=lpips_weights)
             row["wall_seconds"] = time.perf_counter() - start
             rows.append(row)
-            fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+            task_rows.append((solver, row))
+        best = {k: (max if k != "lpips" else min)((r[k] for _, r in task_rows if r.get(k) is not None), default=None)
+                for k in ("psnr", "ssim", "lpips")}
+
+        def cell(row: dict, key: str, f: str) -> str:
+            v = row.get(key)
+            if v is None:
+                return "-"
+            return f"[bold]{v:{f}}[/]" if v == best[key] else format(v, f)
+
+        for k, (solver, row) in enumerate(task_rows):
             table.add_row(name, spec.split(",")[0], f"{solver}" + (f" ({row['preset']})" if row.get("preset") else ""),
-                          fmt(row.get("psnr"), ".2f"), fmt(row.get("ssim"), ".3f"), fmt(row.get("lpips"), ".3f"),
-                          f"{row['wall_seconds']:.1f}", Path(row["output"]).name)
+                          cell(row, "psnr", ".2f"), cell(row, "ssim", ".3f"), cell(row, "lpips", ".3f"),
+                          f"{row['wall_seconds']:.1f}", Path(row["output"]).name, end_section=k == len(task_rows) - 1)
         if prior and prior not in available:
-            console.print(f"[yellow]note:[/] prior '{prior}' is not available here; showing the pinv baseline only.")
+            console.print(f"[yellow]note:[/] prior '{prior}' is not available here; showing the classical baselines "
+                          "only.")
     write_json(out / "demo.json", rows)
     console.print(table)
+    console.print("Bold: the best of each task. One image is not a benchmark: `restore bench` compares solvers and "
+                  "baselines on a test set with paired 95% intervals (docs/benchmarks.md, docs/priors.md).")
     console.print(f"outputs (images, measurements, JSON sidecars) in {out.resolve()}")
     return rows

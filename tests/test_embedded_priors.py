@@ -149,3 +149,19 @@ def test_every_demo_task_has_its_sample_and_an_embedded_prior():
         operators.parse(spec)
         if solvers:
             assert prior in EMBEDDED, prior
+
+
+def test_demo_runs_the_classical_baselines_beside_the_solvers():
+    """Each demo task runs A⁺y, then the classical method named for its operator (and TV), then its solvers; without
+    its prior only the first two groups."""
+    from restore.demo import TASKS, demo_plan
+
+    named = {"sr": "bicubic", "mask": "biharmonic", "blur": "wiener", "mri": "zerofill", "ct": "fbp"}
+    for image, spec, _, prior, solvers in TASKS:
+        shape = (1, 128, 128) if image.startswith(("brain", "ct")) else (3, 64, 64)  # the samples' sizes
+        plan = demo_plan(spec, shape, solvers, True)
+        names = [s for s, _ in plan]
+        assert names[0] == "pinv" and names.count("pinv") == 1
+        assert named[spec.split(":")[0]] in names and "tv" in names, (spec, names)
+        assert plan[-len(solvers):] == list(solvers)
+        assert [s for s, _ in demo_plan(spec, shape, solvers, False)] == names[:len(names) - len(solvers)]
