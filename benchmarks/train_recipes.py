@@ -192,8 +192,9 @@ def main() -> None:
         every = round(args.eval_every * factor)
         steps = every * (args.steps // args.eval_every)
         cfg = TrainConfig(data=args.data, name=name, out="", channels=args.channels,
-                          arch=candidate_arch(name, args.arch), crop=args.crop, steps=steps, batch_size=args.batch_size, lr=args.lr,
-                          checkpoint_every=every, work_dir=str(Path(args.work) / name), device="cpu", **settings)
+                          arch=candidate_arch(name, args.arch), crop=args.crop, steps=steps,
+                          batch_size=args.batch_size, lr=args.lr, checkpoint_every=every,
+                          work_dir=str(Path(args.work) / name), device="cpu", **settings)
         rows = results.setdefault("candidates", {}).setdefault(name, {"recipe": dataclasses.asdict(cfg), "points": []})
         rows["recipe"]["steps"] = max(rows["recipe"]["steps"], steps)  # a run continued with a larger --steps
         results["setup"]["steps"] = max(results["setup"]["steps"], args.steps)

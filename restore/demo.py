@@ -1,12 +1,12 @@
 """``restore demo`` / ``make demo``: degrade the shipped samples and restore them with the embedded priors.
 
 Face tasks (64×64) run DDNM, DPS, DAPS, RED-Diff (their fast presets) and DPIR on the embedded ``faces64`` prior,
-ReSample on the latent ``faces64-latent``; MRI (4× k-space) runs DDNM and DAPS on ``brain-mri``, sparse-view CT (60 views)
-RED-Diff on ``ct``, each on a synthetic 128×128 slice that the prior itself generated (no shippable patient image
-exists; see sample_data/README.md). Every task also runs the pseudo-inverse A⁺y and every classical baseline that
-takes it (bicubic, Wiener, biharmonic, zero filling, FBP, TV: ``restore.bench.baselines_for``), so the strongest
-simple method stands beside the solvers; a task whose prior is not available here runs those only. Prints a table of
-PSNR/SSIM (LPIPS when weights are available), the best of each task in bold, and writes every measurement,
+ReSample on the latent ``faces64-latent``; MRI (4× k-space) runs DDNM and DAPS on ``brain-mri``, sparse-view CT (60
+views) RED-Diff and DPIR on ``ct``, each on a synthetic 128×128 slice that the prior itself generated (no shippable
+patient image exists; see sample_data/README.md). Every task also runs the pseudo-inverse A⁺y and every classical
+baseline that takes it (bicubic, Wiener, biharmonic, zero filling, FBP, TV: ``restore.bench.baselines_for``), so the
+strongest simple method stands beside the solvers; a task whose prior is not available here runs those only. Prints a
+table of PSNR/SSIM (LPIPS when weights are available), the best of each task in bold, and writes every measurement,
 restoration and sidecar under ``--out``.
 """
 
