@@ -48,6 +48,14 @@ def demo_plan(spec: str, image_shape, solvers: list, prior_available: bool) -> l
     return [("pinv", None)] + [(b, None) for b in baselines] + (list(solvers) if prior_available else [])
 
 
+def _cell(row: dict, key: str, fmt: str, best: dict) -> str:
+    """A metric's table cell: "-" when absent, bold when it is the task's best."""
+    v = row.get(key)
+    if v is None:
+        return "-"
+    return f"[bold]{v:{fmt}}[/]" if v == best[key] else format(v, fmt)
+
+
 def run_demo(out: Path, console: Console, seed: int = 0, lpips_weights: str | None = None) -> list[dict]:
     import priors
 
@@ -75,16 +83,10 @@ def run_demo(out: Path, console: Console, seed: int = 0, lpips_weights: str | No
             task_rows.append((solver, row))
         best = {k: (max if k != "lpips" else min)((r[k] for _, r in task_rows if r.get(k) is not None), default=None)
                 for k in ("psnr", "ssim", "lpips")}
-
-        def cell(row: dict, key: str, f: str) -> str:
-            v = row.get(key)
-            if v is None:
-                return "-"
-            return f"[bold]{v:{f}}[/]" if v == best[key] else format(v, f)
-
         for k, (solver, row) in enumerate(task_rows):
             table.add_row(name, spec.split(",")[0], f"{solver}" + (f" ({row['preset']})" if row.get("preset") else ""),
-                          cell(row, "psnr", ".2f"), cell(row, "ssim", ".3f"), cell(row, "lpips", ".3f"),
+                          _cell(row, "psnr", ".2f", best), _cell(row, "ssim", ".3f", best),
+                          _cell(row, "lpips", ".3f", best),
                           f"{row['wall_seconds']:.1f}", Path(row["output"]).name, end_section=k == len(task_rows) - 1)
         if prior and prior not in available:
             console.print(f"[yellow]note:[/] prior '{prior}' is not available here; showing the classical baselines "

@@ -165,3 +165,13 @@ def test_demo_runs_the_classical_baselines_beside_the_solvers():
         assert named[spec.split(":")[0]] in names and "tv" in names, (spec, names)
         assert plan[-len(solvers):] == list(solvers)
         assert [s for s, _ in demo_plan(spec, shape, solvers, False)] == names[:len(names) - len(solvers)]
+
+
+def test_demo_table_marks_each_tasks_best():
+    from restore.demo import _cell
+
+    best = {"psnr": 25.0, "ssim": None, "lpips": 0.05}
+    assert _cell({"psnr": 25.0}, "psnr", ".2f", best) == "[bold]25.00[/]"
+    assert _cell({"psnr": 24.0}, "psnr", ".2f", best) == "24.00"
+    assert _cell({"lpips": 0.05}, "lpips", ".3f", best) == "[bold]0.050[/]"
+    assert _cell({}, "ssim", ".3f", best) == "-"
