@@ -198,8 +198,9 @@ def main() -> None:
         rows = results.setdefault("candidates", {}).setdefault(name, {"recipe": dataclasses.asdict(cfg), "points": []})
         rows["recipe"]["steps"] = max(rows["recipe"]["steps"], steps)  # a run continued with a larger --steps
         results["setup"]["steps"] = max(results["setup"]["steps"], args.steps)
-        rows.setdefault("parameters", sum(p.numel() for p in make_network(cfg.adm_config(), cfg.precond,
-                                                                          cfg.schedule).parameters()))
+        if "parameters" not in rows:  # setdefault would build the network on every resume too
+            net = make_network(cfg.adm_config(), cfg.precond, cfg.schedule)
+            rows["parameters"] = sum(p.numel() for p in net.parameters())
         done = {p["step"] for p in rows["points"]}
         for stop in range(every, steps + 1, every):
             if stop in done:
