@@ -18,6 +18,11 @@ Candidates (``--candidates``, comma-separated; ``CANDIDATES`` below):
   deep2-g8     depth: crop32-g8 with 2 residual blocks per level instead of 1 (2.3 M parameters, about 1.4× the
                cost of a step), so it takes 2.8/4 of crop32's steps
 
+  crop32-ema   EMA length: crop32 with six more EMA profiles kept beside the shipped one in the same run (fixed
+               decays 0.99, 0.995, 0.998; power-function EMAs of relative length 0.05, 0.15, 0.25, Karras et al.
+               2024; ``priors.train.ema_decay``), each measured at every point (``emas`` in the JSON). Today's
+               ``--ema 0.999`` is, before step 9,000, itself an average over the run so far of relative length 0.09
+
 A candidate's ``_arch`` entries replace those of ``--arch`` (the network then trains from a JSON architecture);
 ``_steps_factor`` scales both ``--steps`` and ``--eval-every``, so candidates of different cost per step meet at the
 same evaluation points in CPU time rather than in images seen.
@@ -57,7 +62,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from priors.base import DiffusionPrior, PriorCard  # noqa: E402
 from priors.configs import ARCHITECTURES  # noqa: E402
-from priors.train import ImageFolder, TrainConfig, core, fit, make_network  # noqa: E402
+from priors.train import ImageFolder, TrainConfig, core, ema_decay, fit, make_network  # noqa: E402
 
 SIGMAS = (0.05, 0.1, 0.2, 0.4, 1.0)
 CANDIDATES = {
@@ -69,6 +74,8 @@ CANDIDATES = {
     "crop32-g8": {"size": 32, "_steps_factor": 4, "_arch": {"norm_groups": 8}},
     "wide48-g8": {"size": 32, "_steps_factor": 2, "_arch": {"num_channels": 48, "norm_groups": 8}},
     "deep2-g8": {"size": 32, "_steps_factor": 2.8, "_arch": {"num_res_blocks": 2, "norm_groups": 8}},
+    "crop32-ema": {"size": 32, "_steps_factor": 4, "_emas": ("0.99", "0.995", "0.998", "rel:0.05", "rel:0.15",
+                                                             "rel:0.25")},
 }
 
 
@@ -99,10 +106,17 @@ def denoiser_psnr(net: torch.nn.Module, cfg: TrainConfig, clean01: torch.Tensor,
 
 
 def weights_at(cfg: TrainConfig, work: Path, which: str) -> tuple[torch.nn.Module, int, float]:
-    """The EMA ("ema") or raw ("model") network of the candidate's latest checkpoint, its step and seconds."""
+    """The EMA ("ema"), raw ("model") or extra-EMA ("ema_extra:SPEC") network of the candidate's latest checkpoint,
+    its step and seconds."""
     state = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=True)
     net = make_network(cfg.adm_config(), cfg.precond, cfg.schedule)
-    core(net).load_state_dict(state[which])
+    if which.startswith("ema_extra:"):
+        shadow = state["ema_extra"][which.split(":", 1)[1]]
+        with torch.no_grad():
+            for p, v in zip(net.parameters(), shadow, strict=True):
+                p.copy_(v)
+    else:
+        core(net).load_state_dict(state[which])
     return net, int(state["step"]), float(state["seconds"])
 
 
@@ -135,6 +149,41 @@ def markdown_table(results: dict, compare: str = "point") -> str:
     return "\n".join(lines)
 
 
+def relative_length(spec: str, steps: int) -> float:
+    """The relative standard deviation of the average that EMA profile ``spec`` (``ema_decay``) takes over the
+    ``steps`` updates so far, the update times measured as a fraction of ``steps``: Karras et al.'s σ_rel, which a
+    fixed decay shortens as the run grows (0.999 after 30,000 steps: 0.033)."""
+    w = np.zeros(steps)
+    for t in range(steps):
+        b = ema_decay(spec, t)
+        w *= b
+        w[t] = 1 - b
+    x = np.arange(1, steps + 1) / steps
+    mean = float((w * x).sum() / w.sum())
+    return float(np.sqrt((w * (x - mean) ** 2).sum() / w.sum()))
+
+
+def ema_table(results: dict, name: str, index: int = -1) -> str:
+    """Candidate ``name``'s EMA profiles at its evaluation point ``index``: the denoiser PSNR of each profile at every
+    σ (in brackets the difference from the shipped ``--ema``), with each profile's relative length at that step."""
+    rows = results["candidates"][name]
+    p, shipped = rows["points"][index], str(rows["recipe"]["ema"])
+    sigmas = [str(s) for s in results["setup"]["sigmas"]]
+    profiles = {"raw weights": (p["raw"], None), f"{shipped} (shipped)": (p["ema"], shipped)}
+    profiles |= {spec: (v, spec) for spec, v in p.get("emas", {}).items()}
+    lines = [f"{name}, step {p['step']:,} ({p['train_seconds'] / 3600:.2f} CPU h)", "",
+             "| EMA | σ_rel | " + " | ".join(f"σ = {s}" for s in sigmas) + " |",
+             "|---|---|" + "---|" * len(sigmas)]
+    for label, (values, spec) in sorted(profiles.items(),
+                                        key=lambda kv: -1 if kv[1][1] is None else relative_length(kv[1][1],
+                                                                                                   p["step"])):
+        rel = "0" if spec is None else f"{relative_length(spec, p['step']):.3f}"
+        cells = [f"{values[s]:.2f}" + ("" if spec == shipped else f" ({values[s] - p['ema'][s]:+.2f})")
+                 for s in sigmas]
+        lines.append(f"| {label} | {rel} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="training images")
@@ -158,7 +207,14 @@ def main() -> None:
     ap.add_argument("--compare", default="point", choices=("point", "time"),
                     help="--table: differences from the first candidate at the same evaluation point, or at the "
                          "same training seconds (interpolated)")
+    ap.add_argument("--emas", default="", metavar="CANDIDATE",
+                    help="--table: the EMA profiles of this candidate (crop32-ema) at each of its points instead")
     args = ap.parse_args()
+    if args.table and args.emas:
+        results = json.loads(Path(args.json).read_text())
+        print("\n\n".join(ema_table(results, args.emas, k)
+                           for k in range(len(results["candidates"][args.emas]["points"]))))
+        return
     if args.table:
         print(markdown_table(json.loads(Path(args.json).read_text()), args.compare))
         return
@@ -210,13 +266,17 @@ def main() -> None:
                 sys.exit(f"{ckpt} is past step {stop} but its evaluation is missing from {out_path}; remove the "
                          f"candidate's work folder to measure it again.")
             t0 = time.perf_counter()
-            fit(cfg, data, log=lambda m: print(f"[{name}] {m}", flush=True), stop_at=stop)
+            emas = CANDIDATES[name].get("_emas", ())
+            fit(cfg, data, log=lambda m: print(f"[{name}] {m}", flush=True), stop_at=stop, extra_emas=emas)
             point = {"step": stop, "images_seen": stop * args.batch_size,
                      "pixels_seen": stop * args.batch_size * cfg.size**2}
             for which in ("ema", "model"):
                 net, step, seconds = weights_at(cfg, Path(cfg.work_dir), which)
                 point["train_seconds"] = round(seconds, 1)
                 point["ema" if which == "ema" else "raw"] = denoiser_psnr(net, cfg, clean01)
+            for spec in emas:
+                point.setdefault("emas", {})[spec] = denoiser_psnr(weights_at(cfg, Path(cfg.work_dir),
+                                                                              f"ema_extra:{spec}")[0], cfg, clean01)
             rows["points"].append(point)
             tmp = out_path.with_name(out_path.name + ".part")
             tmp.write_text(json.dumps(results, indent=1) + "\n")

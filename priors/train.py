@@ -18,7 +18,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 2e-4
     warmup: int = 200
-    ema: float = 0.999
+    ema: float | str = 0.999               # a decay, or rel:S (ema_decay)
     grad_clip: float = 1.0
     checkpoint_every: int = 250
     seed: int = 0
@@ -243,6 +243,46 @@ def scheduled_rate(lr: float, warmup: int, schedule: str, total: int, step: int)
     return float(lr)
 
 
+def power_ema_gamma(sigma_rel: float) -> float:
+    """The exponent γ of a power-function EMA (Karras et al. 2024, "Analyzing and improving the training dynamics of
+    diffusion models", sec. 3.1) whose averaging profile p(x) ∝ x^γ over the run so far, x = step/steps ∈ (0, 1], has
+    relative standard deviation ``sigma_rel``: the root of σ_rel² = (γ+1) / ((γ+2)²(γ+3))."""
+    if not 0 < sigma_rel < 0.28:
+        raise PriorError(f"a relative EMA length must lie in (0, 0.28) (γ > 0); got {sigma_rel:g}.")
+    t = sigma_rel ** -2  # (γ+2)²(γ+3) - t(γ+1) = γ³ + 7γ² + (16 - t)γ + (12 - t) = 0
+    return float(max(r.real for r in np.roots([1, 7, 16 - t, 12 - t]) if abs(r.imag) < 1e-9))
+
+
+def ema_decay(spec: float | str, step: int) -> float:
+    """The EMA decay of update ``step`` (0 for the first). ``spec`` a number d: today's rule min(d, (1+step)/(10+step)),
+    a fixed decay once the warm-up term passes d (step ≥ 9,000 for 0.999) and before that an average over the
+    run so far, close to a power-function EMA of σ_rel ≈ 0.09. ``spec`` "rel:S": the power-function EMA of relative
+    length S, β = (1 - 1/t)^(γ+1) at the t-th update (γ from ``power_ema_gamma``), whose average always spans the same
+    fraction of the run however long it is."""
+    if isinstance(spec, str) and spec.startswith("rel:"):
+        gamma = power_ema_gamma(float(spec[4:]))
+        return (1 - 1 / (step + 1)) ** (gamma + 1)
+    return min(float(spec), (1 + step) / (10 + step))
+
+
+def parse_ema(text: str) -> float | str:
+    """``--ema``: a decay in [0, 1) (``ema_decay``'s today's rule) or ``rel:S``, a power-function EMA of relative
+    length S; anything else is refused with the two forms."""
+    text = str(text).strip()
+    try:
+        if text.startswith("rel:"):
+            spec = f"rel:{float(text[4:]):g}"
+            ema_decay(spec, 0)
+            return spec
+        decay = float(text)
+    except ValueError:
+        decay = -1.0
+    if not 0 <= decay < 1:
+        raise PriorError(f"--ema takes a decay in [0, 1) such as 0.999, or a relative length in (0, 0.28) such as "
+                         f"rel:0.1; got '{text}'.")
+    return decay
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """``scheduled_rate`` of a prior's training: the cosine reaches 0 at ``cfg.steps``."""
     return scheduled_rate(cfg.lr, cfg.warmup, cfg.lr_schedule, cfg.steps, step)
@@ -310,10 +350,13 @@ def core(model: torch.nn.Module) -> ADMUNet:
 
 
 def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print,
-        on_step: Callable[[int, float, float], None] | None = None, stop_at: int | None = None) -> FitResult:
+        on_step: Callable[[int, float, float], None] | None = None, stop_at: int | None = None,
+        extra_emas: Sequence[str] = ()) -> FitResult:
     """The training loop on ``data`` with the ``cfg.schedule`` VP schedule (``cfg.precond``: DDPM's ε loss or EDM's):
     resumes from and writes checkpoints in the work dir; returns the EMA model. ``stop_at`` ends this chunk early
     (a checkpoint is written there) without changing the run's learning-rate schedule, which is set by ``cfg.steps``.
+    ``extra_emas``: more EMA profiles (``ema_decay`` specs) kept beside the shipped one, in the checkpoint's
+    ``ema_extra`` (for comparing EMA lengths in one run: ``benchmarks/train_recipes.py``).
     ``train`` runs it on an image folder, ``priors.latent_train`` on the latents of an autoencoder."""
     if cfg.schedule not in SCHEDULES:
         raise PriorError(f"unknown schedule '{cfg.schedule}'; use one of {', '.join(SCHEDULES)}.")
@@ -331,6 +374,9 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
     ema = make_network(adm, cfg.precond, cfg.schedule).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
+    for spec in extra_emas:
+        ema_decay(spec, 0)  # a bad spec fails here, before any training
+    shadows = {spec: [p.detach().clone() for p in model.parameters()] for spec in extra_emas}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
     step, seconds_before, init_info, runs = 0, 0.0, {}, []
@@ -346,6 +392,11 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
                              f"pick another --work-dir.")
         core(model).load_state_dict(state["model"])
         core(ema).load_state_dict(state["ema"])
+        if set(shadows) - set(state.get("ema_extra", {})):
+            raise PriorError(f"the checkpoint in {work} lacks the EMA profiles {sorted(set(shadows))}; they must be "
+                             f"kept from the first step: remove it or pick another --work-dir.")
+        for spec in shadows:
+            shadows[spec] = [v.to(device) for v in state["ema_extra"][spec]]
         opt.load_state_dict(state["opt"])
         g.set_state(state["rng"])
         step, seconds_before = int(state["step"]), float(state.get("seconds", 0.0))
@@ -385,9 +436,13 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         with torch.no_grad():
-            decay = min(cfg.ema, (1 + step) / (10 + step))
+            decay = ema_decay(cfg.ema, step)
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
+            for spec, shadow in shadows.items():
+                decay = ema_decay(spec, step)
+                for pe, pm in zip(shadow, model.parameters()):
+                    pe.lerp_(pm, 1 - decay)
         step += 1
         seen += cfg.batch_size
         elapsed = time.perf_counter() - t0
@@ -396,7 +451,8 @@ def fit(cfg: TrainConfig, data: TrainingData, log: Callable[[str], None] = print
         if step % cfg.checkpoint_every == 0 or step == end:
             _atomic_save(dict(model=core(model).state_dict(), ema=core(ema).state_dict(), opt=opt.state_dict(),
                               rng=g.get_state(), step=step, adm=adm.to_dict(), seconds=seconds_before + elapsed,
-                              init_info=init_info, precond=cfg.precond, runs=runs_so_far()), ckpt_path)
+                              init_info=init_info, precond=cfg.precond, runs=runs_so_far(),
+                              **({"ema_extra": shadows} if shadows else {})), ckpt_path)
     total_seconds = seconds_before + (time.perf_counter() - t0)
     return FitResult(ema=ema, adm=adm, step=step, seconds=total_seconds, device=device, init_info=init_info,
                      runs=runs_so_far())

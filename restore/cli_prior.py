@@ -66,7 +66,10 @@ def prior_train(
     lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant, or cosine (decays to 0 at --steps)"),
     init: str = typer.Option("", "--init", help="fine-tune: start from this prior's weights (a name or a file with "
                              "the same --arch and --channels)"),
-    ema: float = typer.Option(0.999, "--ema", help="EMA decay of the shipped weights"),
+    ema: str = typer.Option("0.999", "--ema", help="EMA of the shipped weights: a decay such as 0.999 (until "
+                            "step ≈ 9/(1-decay) an average over the run so far), or rel:S, a power-function EMA whose "
+                            "average spans the relative length S of the run however long it is (Karras et al. 2024; "
+                            "0 < S < 0.28)"),
     precond: str = typer.Option("ddpm", "--precond", help="ddpm (ε-prediction, uniform timesteps) or edm (Karras et "
                                 "al. 2022 preconditioning, log-normal noise levels, loss weighting); pixel priors"),
     checkpoint_every: int = typer.Option(250, "--checkpoint-every", help="steps between resumable checkpoints"),
@@ -93,12 +96,12 @@ def prior_train(
     --latent, a small KL autoencoder and an ADM UNet on its latents."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from priors.train import ARCHITECTURES, TrainConfig, train
+    from priors.train import ARCHITECTURES, TrainConfig, parse_ema, train
 
-    if steps < 1 or batch_size < 1 or lr <= 0 or not 0 <= ema < 1 or checkpoint_every < 1:
-        raise PriorError("--steps, --batch-size and --checkpoint-every must be at least 1, --lr positive and --ema in "
-                         f"[0, 1); got steps {steps}, batch size {batch_size}, checkpoint every {checkpoint_every}, lr "
-                         f"{lr:g}, ema {ema:g}.")
+    if steps < 1 or batch_size < 1 or lr <= 0 or checkpoint_every < 1:
+        raise PriorError("--steps, --batch-size and --checkpoint-every must be at least 1 and --lr positive; got "
+                         f"steps {steps}, batch size {batch_size}, checkpoint every {checkpoint_every}, lr {lr:g}.")
+    ema = parse_ema(ema)
     if crop not in ("resize", "random"):
         raise PriorError(f"--crop must be resize or random, got '{crop}'.")
     if lr_schedule not in ("constant", "cosine"):

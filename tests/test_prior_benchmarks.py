@@ -278,6 +278,41 @@ def test_recipes_table_compares_at_equal_training_time(tr):
     assert rows[4].endswith("| 30.50 (+0.50) |") and rows[5].endswith("| 33.00 (+1.00) |")
 
 
+def test_recipes_measure_every_ema_profile_of_one_run(tr, tmp_path, monkeypatch):
+    """crop32-ema: every profile measured at every point; the shipped EMA's own profile among the extras would equal
+    it; the table orders profiles by relative length (raw weights first) and gives the difference from the shipped
+    EMA."""
+    data = tmp_path / "data"
+    g = torch.Generator().manual_seed(3)
+    for k in range(3):
+        save_image(data / f"{k}.png", torch.rand(3, 72, 80, generator=g))
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", ["train_recipes", "--data", str(data), "--test", str(data), "--arch", "tiny",
+                                      "--size", "64", "--crop", "random", "--test-crop", "centre", "--steps", "2",
+                                      "--eval-every", "1", "--test-limit", "2", "--candidates", "crop32-ema",
+                                      "--work", str(tmp_path / "w"), "--json", str(out), "--batch-size", "2"])
+    monkeypatch.setitem(tr.CANDIDATES, "crop32-ema", dict(tr.CANDIDATES["crop32-ema"], _emas=("0.999", "rel:0.05")))
+    tr.main()
+    res = json.loads(out.read_text())
+    points = res["candidates"]["crop32-ema"]["points"]
+    assert [p["step"] for p in points] == [4, 8]
+    for p in points:
+        assert set(p["emas"]) == {"0.999", "rel:0.05"} and p["emas"]["0.999"] == p["ema"]
+        assert p["emas"]["rel:0.05"] != p["ema"]
+    lines = tr.ema_table(res, "crop32-ema").splitlines()
+    assert lines[0].startswith("crop32-ema, step 8 ")
+    body = lines[4:]
+    assert body[0].startswith("| raw weights | 0 |") and len(body) == 4
+    rels = [float(line.split("|")[2]) for line in body]
+    assert rels == sorted(rels)
+    assert math.isclose(rels[body.index(next(x for x in body if x.startswith("| rel:0.05")))],
+                        tr.relative_length("rel:0.05", 8), abs_tol=1e-3)
+    shipped = next(x for x in body if "(shipped)" in x)
+    assert "(" not in shipped.split("|")[3]  # the shipped row carries no difference
+    d = points[-1]["emas"]["rel:0.05"]["0.1"] - points[-1]["ema"]["0.1"]
+    assert f"({d:+.2f})" in next(x for x in body if x.startswith("| rel:0.05"))
+
+
 def test_quality_against_compute_projection_solves_the_log_linear_trend(tmp_path):
     pc = _module("prior_curve")
     # PSNR = 20 + 0.5·log2(pixels): BM3D's 27 dB is reached at 2^14 pixels, 16× the newest point's 2^10

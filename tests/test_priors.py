@@ -1,10 +1,12 @@
 """The prior interface, checkpoint loading (exact or refused), the registry, and a training round trip."""
 
 import json
+import math
 import os
 import pickle
 import urllib.error
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -13,7 +15,7 @@ import priors
 from priors.adm import ADMConfig, ADMUNet
 from priors.base import DiffusionPrior, PriorCard, PriorError
 from priors.load import load_prior_file
-from priors.train import ARCHITECTURES, TrainConfig, train
+from priors.train import ARCHITECTURES, TrainConfig, ema_decay, power_ema_gamma, train
 from restore.cli import main
 from tests.solver_testing import random_image_folder
 
@@ -208,6 +210,73 @@ def test_the_card_names_the_hardware_of_every_resumed_chunk(tmp_path, monkeypatc
     assert card["hardware"] == f"not recorded (a checkpoint from before per-chunk records) (steps 1–6); {one} (step 7)"
 
 
+def _ema_weights(spec, steps: int) -> np.ndarray:
+    """The weight of each update's raw network in the EMA after ``steps`` updates (unrolled ``ema_decay``)."""
+    w = np.zeros(steps)
+    for t in range(steps):
+        b = ema_decay(spec, t)
+        w *= b
+        w[t] = 1 - b
+    return w
+
+
+def _rel_std(w: np.ndarray) -> float:
+    x = np.arange(1, len(w) + 1) / len(w)
+    mean = (w * x).sum() / w.sum()
+    return float(np.sqrt((w * (x - mean) ** 2).sum() / w.sum()))
+
+
+def test_power_ema_profiles_have_the_requested_relative_length():
+    """Karras et al. (2024)'s power-function EMA: γ solves σ_rel² = (γ+1)/((γ+2)²(γ+3)); the unrolled discrete EMA
+    weights sum to 1, grow like t^γ and have relative std σ_rel at any run length. Today's rule min(d, (1+t)/(10+t))
+    is, before its warm-up term passes d, the same kind of average with γ = 8 (σ_rel = √(9/1100) ≈ 0.090); after,
+    a fixed decay whose weights fall geometrically, so its relative length shrinks as the run grows."""
+    for rel in (0.05, 0.1, 0.25):
+        gamma = power_ema_gamma(rel)
+        assert math.isclose((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)), rel**2, rel_tol=1e-9)
+        for steps in (500, 4000):
+            w = _ema_weights(f"rel:{rel}", steps)
+            assert math.isclose(w.sum(), 1.0, rel_tol=1e-9) and abs(_rel_std(w) - rel) < 2e-4 * (4000 / steps)
+            t = np.arange(1, steps + 1)
+            ratio = w[steps // 2:] / t[steps // 2:] ** gamma  # the weights are ∝ t^γ (up to discretisation)
+            assert ratio.max() / ratio.min() < 1 + 2 * gamma / steps
+    w = _ema_weights(0.999, 4000)
+    assert abs(_rel_std(w) - math.sqrt(9 / 1100)) < 1e-3
+    w = _ema_weights(0.999, 20000)  # fixed from step 8,990 on: the last weights are 0.001·0.999^k
+    assert np.allclose(w[-5:][::-1], 0.001 * 0.999 ** np.arange(5), rtol=1e-9)
+    assert _rel_std(w) < 0.06
+    with pytest.raises(PriorError, match="relative EMA length"):
+        ema_decay("rel:0.3", 0)
+
+
+def test_extra_ema_profiles_are_kept_and_resumed_beside_the_shipped_one(tmp_path):
+    """``fit(extra_emas=...)``: a profile equal to ``--ema`` gives the shipped EMA's weights exactly, another
+    profile gives other weights; a run in two chunks keeps the same profiles as one run; a checkpoint without them
+    is refused rather than starting them half-way."""
+    from priors.train import ImageFolder, fit
+
+    _tiny_dataset(tmp_path / "data")
+    data = ImageFolder(str(tmp_path / "data"), 16, 3, "resize")
+    cfg = TrainConfig(data=str(tmp_path / "data"), name="m", out="", size=16, arch="tiny", steps=4, batch_size=2,
+                      checkpoint_every=10, work_dir=str(tmp_path / "one"), device="cpu", ema=0.999)
+    specs = ("0.999", "rel:0.2")
+    fit(cfg, data, log=lambda m: None, extra_emas=specs)
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    params = [name for name, _ in ADMUNet(cfg.adm_config()).named_parameters()]
+    assert all(torch.equal(one["ema"][n], v) for n, v in zip(params, one["ema_extra"]["0.999"]))
+    assert any(not torch.equal(one["ema"][n], v) for n, v in zip(params, one["ema_extra"]["rel:0.2"]))
+    two = TrainConfig(**dict(cfg.__dict__, work_dir=str(tmp_path / "two")))
+    fit(two, data, log=lambda m: None, stop_at=2, extra_emas=specs)
+    fit(two, data, log=lambda m: None, extra_emas=specs)
+    both = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    for spec in specs:
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(one["ema_extra"][spec], both["ema_extra"][spec]))
+    plain = TrainConfig(**dict(cfg.__dict__, work_dir=str(tmp_path / "plain"), steps=2))
+    fit(plain, data, log=lambda m: None)
+    with pytest.raises(PriorError, match="lacks the EMA profiles"):
+        fit(TrainConfig(**dict(plain.__dict__, steps=3)), data, log=lambda m: None, extra_emas=specs)
+
+
 def test_norm_groups_travel_from_the_arch_through_the_card(tmp_path):
     """A prior trained with --arch '{..., "norm_groups": 8}' is reloaded (registry, card) with 8-group norms and
     gives its checkpoint's EMA outputs; a 32-group network with the same weights gives others."""
@@ -249,6 +318,18 @@ def test_prior_cli_train_show_verify(tmp_path, capsys):
     code = main(["prior", "show", str(tmp_path / "out" / "cli.safetensors")])
     shown = capsys.readouterr().out
     assert code == 0 and '"image_size": 16' in shown
+    # --ema: a relative length is recorded in the card as given; a bad value is one sentence with both forms
+    code = main(["prior", "train", str(tmp_path / "data"), "--name", "rel", "--out", str(tmp_path / "out"),
+                 "--size", "16", "--arch", "tiny", "--steps", "2", "--batch-size", "2", "--ema", "rel:0.10",
+                 "--work-dir", str(tmp_path / "wr"), "--device", "cpu"])
+    assert code == 0 and json.loads((tmp_path / "out" / "rel.json").read_text())["extra"]["ema"] == "rel:0.1"
+    for bad in ("1.5", "fast", "rel:0.5"):
+        capsys.readouterr()
+        code = main(["prior", "train", str(tmp_path / "data"), "--name", "bad", "--out", str(tmp_path / "out"),
+                     "--size", "16", "--arch", "tiny", "--steps", "1", "--ema", bad, "--work-dir", str(tmp_path / "wb")])
+        err = capsys.readouterr().err
+        assert code == 2 and ("rel:0.1" in err or "(0, 0.28)" in err), err
+        assert not (tmp_path / "out" / "bad.safetensors").exists()
 
 
 def test_fine_tuning_starts_from_the_given_prior_and_records_it(tmp_path, capsys):
