@@ -17,11 +17,11 @@ Candidates (``--candidates``, comma-separated; ``CANDIDATES`` below):
                step), so it takes half crop32's steps and is evaluated at about the same CPU time
   deep2-g8     depth: crop32-g8 with 2 residual blocks per level instead of 1 (2.3 M parameters, about 1.4× the
                cost of a step), so it takes 2.8/4 of crop32's steps
-
   crop32-ema   EMA length: crop32 with six more EMA profiles kept beside the shipped one in the same run (fixed
                decays 0.99, 0.995, 0.998; power-function EMAs of relative length 0.05, 0.15, 0.25, Karras et al.
                2024; ``priors.train.ema_decay``), each measured at every point (``emas`` in the JSON). Today's
-               ``--ema 0.999`` is, before step 9,000, itself an average over the run so far of relative length 0.09
+               ``--ema 0.999`` is, before step 9,000, itself an average over the run so far of relative length
+               0.09 (docs/priors.md, EMA length)
 
 A candidate's ``_arch`` entries replace those of ``--arch`` (the network then trains from a JSON architecture);
 ``_steps_factor`` scales both ``--steps`` and ``--eval-every``, so candidates of different cost per step meet at the
