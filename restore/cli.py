@@ -220,10 +220,19 @@ def bench_command(
 ):
     """Benchmark solvers on clean images: degrade, solve, and report PSNR/SSIM/LPIPS/time beside pinv and the
     classical baselines. 'restore bench merge SHARD_DIR... --out DIR' joins sharded runs; 'restore bench report DIR'
-    redraws report.md, report.html and report.tex from DIR/results.json."""
+    redraws report.md, report.html and report.tex from DIR/results.json; 'restore bench compare A B' prints the
+    paired per-image differences B − A of every solver both runs hold (PSNR, SSIM, LPIPS, fine detail)."""
     from .bench import bench, merge
 
     set_threads(threads)
+    if images and images[0] == "compare":  # two finished runs side by side, running no solver
+        if len(images) != 3:
+            raise RestoreError("give two bench folders: restore bench compare A B (e.g. the same images run with "
+                               "two priors).")
+        from .compare import compare_folders
+
+        print(compare_folders(images[1], images[2])[1])
+        return
     if out is None and not (images and images[0] == "report" and len(images) > 1):
         raise RestoreError("give an output folder with --out (e.g. --out bench/).")
     if images and images[0] == "merge":
