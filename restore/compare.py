@@ -13,6 +13,7 @@ folder draws its noise from a per-image seed); runs that do not are refused with
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -35,22 +36,28 @@ def laplacian_energy(img: np.ndarray) -> float:
     return float(np.mean(lap ** 2))
 
 
+@functools.lru_cache(maxsize=4096)
+def _energy_and_shape(path: str) -> tuple[float, tuple]:
+    """Laplacian energy and (H, W) of an image file; cached: both runs of a comparison name the same references."""
+    from .io import load_image
+
+    x = load_image(path).numpy()
+    return laplacian_energy(x), x.shape[-2:]
+
+
 def detail_ratio(output: "str | Path") -> "float | None":
     """Laplacian energy of a bench output relative to its clean reference (named in the output's sidecar), or None
     when the sidecar, the reference or a matching size is missing."""
-    from .io import load_image
-
     out = Path(output)
-    sidecar = out.with_suffix(".json")
     try:
-        ref = json.loads(sidecar.read_text()).get("reference")
-        x, r = load_image(out).numpy(), load_image(ref).numpy()
+        ref = json.loads(out.with_suffix(".json").read_text()).get("reference")
+        ex, shape_x = _energy_and_shape(str(out))
+        er, shape_r = _energy_and_shape(str(ref))
     except (OSError, ValueError, TypeError, RestoreError):
         return None
-    if x.shape[-2:] != r.shape[-2:]:
+    if shape_x != shape_r or er <= 0:
         return None
-    er = laplacian_energy(r)
-    return laplacian_energy(x) / er if er > 0 else None
+    return ex / er
 
 
 def _key_rows(rows: list[dict]) -> dict:
