@@ -35,7 +35,7 @@ from .fit import plan as plan_fit
 from .outputs import OutputGuard, is_restore_sidecar, output_names
 from .resources import check_memory, duration, expected_nfe, seconds_per_evaluation
 from .solvers import SOLVERS, get_solver, solve
-from .solvers.base import check_estimate, task_of
+from .solvers.base import SolverError, check_estimate, task_of
 
 
 @dataclasses.dataclass
@@ -256,7 +256,8 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         if k % shard[1] != shard[0]:
             continue
         if target.exists() and ours and not overwrite:
-            other = earlier_settings_differ(sidecar, job, settings)
+            other = earlier_settings_differ(sidecar, job, settings) or \
+                preset_values_differ(sidecar, solver_name, overrides_of(solver_name, steps, params))
             if other:
                 raise RestoreError(f"'{target}' was made by an earlier run with other settings ({other}); give "
                                    f"another --out, or --overwrite to redo it with these.")
@@ -320,7 +321,8 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
                     reference=job.reference_path or None,
                     input_values=job.m.source_meta or None,
                     operator=spec, image_shape=list(shape), noise=noise_text, seed=job.m.seed,
-                    solver=solver_name, preset=solver.preset, params=result.params, samples=result.samples,
+                    solver=solver_name, preset=solver.preset, params=result.params,
+                    preset_params=solver.params, samples=result.samples,
                     estimate=result.estimate,
                     prior=_prior_info(prior), device=str(dev), evaluation=evaluation or None, versions=versions(),
                     cost=dict(result.cost.to_dict(), batch=len(chunk), seconds_per_image=per_image_seconds),
@@ -461,6 +463,38 @@ def run_settings(solver_name: str, prior_name, preset: str | None, steps: int | 
     want += [(key, ("params", key), wanted[key]) for key in overrides]
     want.append(("--equivariant", ("evaluation", "equivariant"), (accel or Acceleration()).equivariant))
     return want
+
+
+def overrides_of(solver_name: str, steps: int | None, params: dict | None) -> dict:
+    """The parameters a run sets on top of the preset: each ``--param`` and ``--steps``."""
+    overrides = dict(params or {})
+    if steps is not None:
+        overrides[getattr(SOLVERS[solver_name], "steps_param", "steps")] = steps
+    return overrides
+
+
+def preset_values_differ(sidecar: Path, solver_name: str, overrides: dict) -> str | None:
+    """How the parameters an earlier run set (its preset's values with its overrides, the sidecar's
+    ``preset_params``) differ from what the same preset and overrides give in this version of restore, in a few words;
+    None if they are equal, or if the sidecar predates the record (or is a baseline's). So an output made before a
+    preset was retuned is not resumed as if it were made with the new values."""
+    try:
+        side = json.loads(Path(sidecar).read_text())
+    except (OSError, ValueError):
+        return None
+    stored = side.get("preset_params")
+    if not isinstance(stored, dict) or getattr(SOLVERS.get(solver_name), "baseline", False):
+        return None
+    preset = side.get("preset") or None
+    try:
+        now = json.loads(json.dumps(get_solver(solver_name, preset=preset, **overrides).params, default=str))
+    except SolverError:
+        return f"preset {preset!r} there, which this version of restore does not have"
+    for key in sorted(set(stored) | set(now)):
+        if stored.get(key) != now.get(key):
+            return (f"parameter {key} {stored.get(key)!r} there, {now.get(key)!r} now: its preset {preset!r} has "
+                    f"changed since")
+    return None
 
 
 def earlier_settings_differ(sidecar: Path, job: Job, settings: list[tuple]) -> str | None:

@@ -135,6 +135,32 @@ def test_an_output_of_other_prior_weights_is_refused_and_older_sidecars_still_re
     assert code == 0 and "skipped: done by an earlier run" in " ".join(out.split())
 
 
+def test_an_output_made_before_its_preset_was_retuned_is_refused(tmp_path, capsys, monkeypatch):
+    """The sidecar records the parameters as set (``preset_params``); if the same preset gives other values in this
+    version (a retuned preset), the output is not resumed as if made with them. A sidecar without the record (an
+    older restore) still resumes."""
+    from restore.solvers.ddnm import DDNM
+
+    photos(tmp_path / "in", names=("a.png",))
+    ddnm = ["solve", tmp_path / "in", "--out", tmp_path / "out", "--solver", "ddnm", "--prior", "natural", "-o",
+            "sr:factor=2", "--noise", "0.05", "--steps", "2"]
+    assert run(capsys, *ddnm)[0] == 0
+    side_path = tmp_path / "out" / "a.json"
+    side = json.loads(side_path.read_text())
+    preset = side["preset"]
+    assert side["preset_params"]["eta"] == DDNM(preset=preset or None).params["eta"]
+    before = snapshot(tmp_path / "out")
+    retuned = {**DDNM.presets, preset: {**DDNM.presets.get(preset, {}), "eta": 0.5}}
+    monkeypatch.setattr(DDNM, "presets", retuned)
+    code, _, err = run(capsys, *ddnm)
+    assert code == 2 and "parameter eta 0.85 there, 0.5 now" in " ".join(err.split()), err
+    assert snapshot(tmp_path / "out") == before
+    del side["preset_params"]
+    side_path.write_text(json.dumps(side))
+    code, out, _ = run(capsys, *ddnm)
+    assert code == 0 and "skipped: done by an earlier run" in " ".join(out.split())
+
+
 def test_same_stem_different_extensions_get_distinct_outputs(tmp_path, capsys):
     folder = tmp_path / "in"
     photos(folder, names=("a.png",))
