@@ -144,3 +144,42 @@ def test_presets_follow_the_task():
     assert get_solver("dpir", preset="inpaint-random").params["steps"] == 40
     with pytest.raises(SolverError, match="lam"):
         get_solver("dpir", lam=0)
+
+
+def test_the_ct_preset_ends_at_the_noise_fbp_passes_on():
+    """CT: a sinogram entry sums about N pixels, so σ_n there is a far smaller noise in the image. The ``ct`` preset
+    (``sigma_end`` < 0) ends the schedule at the standard deviation of A⁺n: equal to that of scikit-image's
+    ``iradon`` (ramp filter) of another draw of white sinogram noise to 3%, 0.64 σ_n/√views at 30 and 60 views and
+    independent of the image size; the solver's last denoising is at that level (2σ on the prior's scale)."""
+    skimage_transform = pytest.importorskip("skimage.transform")
+    import numpy as np
+
+    import operators
+    from restore.solvers.dpir import passed_noise
+
+    sigma = 0.025
+    for views, n in [(60, 64), (30, 64), (60, 128)]:
+        op = operators.build(f"ct:views={views}", (1, n, n), seeds=[0])
+        y = op.A(torch.zeros(1, 1, n, n))
+        ours = passed_noise(op, y, sigma)
+        sino = sigma * np.random.default_rng(1).standard_normal((y.shape[-1], views))  # skimage: (bins, views)
+        theirs = skimage_transform.iradon(sino, theta=np.linspace(0, 180, views, endpoint=False), circle=False,
+                                          filter_name="ramp", output_size=n).std()
+        assert ours == pytest.approx(theirs, rel=0.03), (views, n, ours, theirs)
+        assert ours == pytest.approx(0.64 * sigma / views**0.5, rel=0.05), (views, n, ours)
+        assert ours < sigma / 5
+
+    op = operators.build("ct:views=30", (1, 16, 16), seeds=[0])
+    solver = get_solver("dpir", preset=get_solver("dpir").auto_preset(op))
+    assert solver.preset == "ct" and solver.params["sigma_end"] < 0
+    prior, _, _, _ = gaussian_problem("denoise", shape=(1, 16, 16))
+    y = operators.measure(op, torch.full((1, 1, 16, 16), 0.5), noise=sigma, seeds=[0])
+    levels = []
+    prior.denoise = lambda x, s: (levels.append(s), x / (1 + s**2))[1]
+    try:
+        run_sample(solver, y, op, prior, [0], noise=sigma)
+    finally:
+        del prior.denoise
+    assert levels[0] == pytest.approx(2 * 49 / 255, rel=1e-5)
+    assert levels[-1] == pytest.approx(2 * passed_noise(op, y, sigma), rel=1e-5)
+    assert get_solver("dpir", preset="deblur-gauss").params["sigma_end"] == 0  # the other tasks end at σ_n
