@@ -136,11 +136,14 @@ def test_presets_follow_the_task():
     assert preset("sr:factor=4") == "sr4"
     assert preset("mask:kind=random,fraction=0.7") == "inpaint-random"
     assert preset("blur:kind=gaussian,size=5,std=1.0") == "deblur-gauss"
-    assert preset("ct:views=8", (1, 16, 16)) == "default"
+    assert preset("ct:views=8", (1, 16, 16)) == "ct"
+    assert preset("denoise", (1, 16, 16)) == "default"
     assert preset("mri:accel=4,center=0.08,pattern=random", (1, 16, 16)) == "mri"
     assert get_solver("dpir", preset="mri").params["steps"] == 40
     sr4 = get_solver("dpir", preset="sr4").params
-    assert sr4["steps"] == 24 and sr4["sigma_min"] == pytest.approx(4 / 255)
+    assert sr4["steps"] == 24 and sr4["sigma_min"] == pytest.approx(4 / 255) and sr4["lam"] == 0.1
+    assert get_solver("dpir", preset="deblur-gauss").params["lam"] == 0.1
+    assert get_solver("dpir", preset="deblur-motion").params["lam"] == 0.23
     assert get_solver("dpir", preset="inpaint-random").params["steps"] == 40
     with pytest.raises(SolverError, match="lam"):
         get_solver("dpir", lam=0)
