@@ -22,26 +22,28 @@ Deterministic (one result for every seed); NFE = K, no backpropagation. ``--equi
 step's denoiser over all 8 symmetries on top of this (8× the time).
 
 Presets, from the scripts: deblurring 8 steps, σ_K = σ_n; super-resolution 24 steps, σ_K ≥ factor/255 (``modelSigma2
-= max(sf, noise_level_model·255)``). Not the scripts' setting: Gaussian deblurring and super-resolution take λ =
-0.1, where the scripts' 0.23 was tuned for DRUNet. On 24 centre crops (128²) of *training* photographs
-(``train/bsds400``) with the ``natural`` prior, λ = 0.1 against 0.23: Gaussian deblurring +0.19, +0.22 and +0.26 dB
-at σ_n = 0.01, 0.025 and 0.05 (0.15 and 0.05 were between, 0.02 diverged; 16–40 steps and σ₁ = 0.1–0.3 within 0.05
-dB of 8 steps from 49/255), SR×4 +0.15 and +0.36 dB at σ_n = 0.025 and 0.05, SR×2 +0.15; on 32 training faces with
-``faces64`` Gaussian deblurring +0.04, SR×2 +0.06 and SR×4 −0.01; LPIPS lower in every case. Motion blur keeps 0.23:
-its kernel's spectrum has near-zeros, through which the weaker coupling lets the noise in (λ = 0.1: 22.58 dB against
-25.01 on the training photographs). Random inpainting takes the demosaicking script's 40 steps and σ_K ≥ 0.6/255
-(DPIR has no inpainting script; demosaicking is the nearest, a mask of missing samples). MRI (undersampled k-space:
-a mask of missing samples in the Fourier domain; DPIR has no MRI script) takes the same 40 steps: on 16 brain-MRI
-*training* slices at σ_y = 0.025 they gained over zero filling +6.52 dB at 4× and +2.13 at 8×, against +5.10 and
-+1.31 with 8 steps (24 steps: +6.47 and +1.98). CT (``ct`` preset) ends the σ schedule not at σ_n but at the noise
-level A⁺ (FBP) passes on to the image, the standard deviation of A⁺n for white noise n of σ_n (``sigma_end`` < 0;
-``passed_noise``): a sinogram entry is a sum of about N pixels along a ray, so the same σ_n is a far smaller noise in
-the image, 0.64 σ_n/√views (0.0021 at 60 views and σ_n = 0.025), and a last denoising at σ_n = 0.025 smooths away
-detail. On 8 CT *training* slices (``train/ct512_hu1024``, 128², σ_n = 0.025) at 60 / 30 views: 43.82 / 37.85 dB
-against 37.90 / 35.38 ending at σ_n (fixed ends 0.001, 0.0025, 0.005, 0.01: 43.55, 43.86, 43.70, 42.56 at 60
-views, 0.0025 and 0.005: 37.76 and 37.98 at 30; 0.05: 32.75 at 60; TV 38.91 / 34.16, FBP 31.74 / 27.47); λ from
-0.05 to 1 moved it by less than 0.12 dB. Other tasks (box inpainting, denoising) take the default: the deblurring
-script's settings, λ = 0.23; for denoising alone ``tweedie`` is the one-step posterior mean.
+= max(sf, noise_level_model·255)``). Not the scripts' setting: Gaussian deblurring, super-resolution, random
+inpainting and MRI take λ = 0.1, where the scripts' 0.23 was tuned for DRUNet. On 24 centre crops (128²) of
+*training* photographs (``train/bsds400``) with the ``natural`` prior, λ = 0.1 against 0.23: Gaussian deblurring
++0.19, +0.22 and +0.26 dB at σ_n = 0.01, 0.025 and 0.05 (0.15 and 0.05 were between, 0.02 diverged; 16–40 steps and
+σ₁ = 0.1–0.3 within 0.05 dB of 8 steps from 49/255), SR×4 +0.15 and +0.36 dB at σ_n = 0.025 and 0.05, SR×2 +0.15,
+70% random inpainting +0.09; on 32 training faces with ``faces64`` Gaussian deblurring +0.04, SR×2 +0.06, SR×4 −0.01
+and random inpainting +0.12; on 12 training brain-MRI slices (``brain-mri``, the 40-step preset) +0.09 at 4× and
++0.04 at 8×; LPIPS lower in every case. CT was level (λ from 0.05 to 1 within 0.12 dB) and keeps 0.23. Motion blur
+keeps 0.23: its kernel's spectrum has near-zeros, through which the weaker coupling lets the noise in (λ = 0.1:
+22.58 dB against 25.01 on the training photographs). Random inpainting takes the demosaicking script's 40 steps and
+σ_K ≥ 0.6/255 (DPIR has no inpainting script; demosaicking is the nearest, a mask of missing samples). MRI
+(undersampled k-space: a mask of missing samples in the Fourier domain; DPIR has no MRI script) takes the same 40
+steps: on 16 brain-MRI *training* slices at σ_y = 0.025 they gained over zero filling +6.52 dB at 4× and +2.13 at
+8×, against +5.10 and +1.31 with 8 steps (24 steps: +6.47 and +1.98). CT (``ct`` preset) ends the σ schedule not at
+σ_n but at the noise level A⁺ (FBP) passes on to the image, the standard deviation of A⁺n for white noise n of σ_n
+(``sigma_end`` < 0; ``passed_noise``): a sinogram entry is a sum of about N pixels along a ray, so the same σ_n is a
+far smaller noise in the image, 0.64 σ_n/√views (0.0021 at 60 views and σ_n = 0.025), and a last denoising at σ_n =
+0.025 smooths away detail. On 8 CT *training* slices (``train/ct512_hu1024``, 128², σ_n = 0.025) at 60 / 30 views:
+43.82 / 37.85 dB against 37.90 / 35.38 ending at σ_n (fixed ends 0.001, 0.0025, 0.005, 0.01: 43.55, 43.86, 43.70,
+42.56 at 60 views, 0.0025 and 0.005: 37.76 and 37.98 at 30; 0.05: 32.75 at 60; TV 38.91 / 34.16, FBP 31.74 / 27.47);
+λ from 0.05 to 1 moved it by less than 0.12 dB. Other tasks (box inpainting, denoising) take the default: the
+deblurring script's settings, λ = 0.23; for denoising alone ``tweedie`` is the one-step posterior mean.
 
 Conventions and deliberate differences:
 * The start: the scripts start the first data step from y (deblurring), bicubic-upsampled y (super-resolution) or
@@ -122,15 +124,16 @@ class DPIR(Solver):
         "sr4": {"steps": 24, "lam": 0.1, "sigma_min": 4 / 255,
                 "description": "main_dpir_sisr.py's 24 steps, σ down to max(σ_n, 4/255), with λ = 0.1 (tuned on "
                                "training photographs: +0.15 to +0.36 dB over the script's 0.23)"},
-        "inpaint-random": {"steps": 40, "sigma_min": 0.6 / 255,
-                           "description": "main_dpir_demosaick.py: 40 steps, σ down to max(σ_n, 0.6/255)"},
+        "inpaint-random": {"steps": 40, "lam": 0.1, "sigma_min": 0.6 / 255,
+                           "description": "main_dpir_demosaick.py's 40 steps, σ down to max(σ_n, 0.6/255), with λ = "
+                                          "0.1"},
         "ct": {"sigma_end": -1.0,
                "description": "main_dpir_deblur.py's 8 steps, λ = 0.23, but σ down to the noise FBP passes on to the "
                               "image (0.64 σ_n/√views) instead of σ_n: a sinogram is a sum along each ray, far larger "
                               "than the image, so σ_n there is a much smaller noise in the image"},
-        "mri": {"steps": 40, "sigma_min": 0.6 / 255,
+        "mri": {"steps": 40, "lam": 0.1, "sigma_min": 0.6 / 255,
                 "description": "k-space undersampling as a mask of missing samples: main_dpir_demosaick.py's 40 "
-                               "steps, σ down to max(σ_n, 0.6/255)"},
+                               "steps, σ down to max(σ_n, 0.6/255), with λ = 0.1"},
     }
     rules = {"steps": at_least(1), "lam": positive(), "sigma_start": Rule(low=0, high=1, low_open=True),
              "sigma_min": between(0, 1), "sigma_end": between(-1, 1),
