@@ -13,6 +13,8 @@ operator on [0, 1] images, D on the prior's [-1, 1] scale, so it is given 2σ_k)
         z_k = g_k⁻¹ D(g_k x_k, σ_k)                          (prior step: the denoiser at the level ρ_k assumes)
     return z_K
 
+(Ours: λ = 0.1 in most task presets, and σ_K = the noise level A⁺ passes on to the image for CT; below.)
+
 g_k is the scripts' ``x8 = True`` (their default in all three): the (k − 1) mod 8-th of the 8 flips and quarter turns
 of ``augment_img_tensor4``, a self-ensemble spread over the steps at no extra cost (``x8=false``: g_k = identity).
 
