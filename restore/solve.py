@@ -475,9 +475,10 @@ def overrides_of(solver_name: str, steps: int | None, params: dict | None) -> di
 
 def preset_values_differ(sidecar: Path, solver_name: str, overrides: dict) -> str | None:
     """How the parameters an earlier run set (its preset's values with its overrides, the sidecar's
-    ``preset_params``) differ from what the same preset and overrides give in this version of restore, in a few words;
-    None if they are equal, or if the sidecar predates the record (or is a baseline's). So an output made before a
-    preset was retuned is not resumed as if it were made with the new values."""
+    ``preset_params``) differ from what the same preset and this run's overrides give in this version of restore, in a
+    few words; None if they are equal, or if the sidecar predates the record (or is a baseline's). So an output made
+    before a preset was retuned, or with a --param or --steps this run does not give, is not resumed as if it were
+    made with this run's values."""
     try:
         side = json.loads(Path(sidecar).read_text())
     except (OSError, ValueError):
@@ -492,8 +493,7 @@ def preset_values_differ(sidecar: Path, solver_name: str, overrides: dict) -> st
         return f"preset {preset!r} there, which this version of restore does not have"
     for key in sorted(set(stored) | set(now)):
         if stored.get(key) != now.get(key):
-            return (f"parameter {key} {stored.get(key)!r} there, {now.get(key)!r} now: its preset {preset!r} has "
-                    f"changed since")
+            return f"parameter {key} {stored.get(key)!r} there, {now.get(key)!r} now"
     return None
 
 

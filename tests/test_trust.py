@@ -155,6 +155,10 @@ def test_an_output_made_before_its_preset_was_retuned_is_refused(tmp_path, capsy
     code, _, err = run(capsys, *ddnm)
     assert code == 2 and "parameter eta 0.85 there, 0.5 now" in " ".join(err.split()), err
     assert snapshot(tmp_path / "out") == before
+    monkeypatch.undo()
+    code, _, err = run(capsys, *ddnm[:-2])  # made with --steps 2, resumed without it: not passed off either
+    assert code == 2 and "parameter steps 2 there, 100 now" in " ".join(err.split()), err
+    monkeypatch.setattr(DDNM, "presets", retuned)
     del side["preset_params"]
     side_path.write_text(json.dumps(side))
     code, out, _ = run(capsys, *ddnm)
