@@ -1,0 +1,108 @@
+"""Quality against compute for a solver target that is out of reach: the ``natural`` Gaussian-deblurring target
+(Wiener + 1.5 dB, the priors issue) measured with checkpoints of one training run, and the compute a log-linear
+trend projects for it.
+
+Each weight file is one point: its pixels seen and training seconds (``prior_curve.compute_of``: a fine-tune counts
+the prior it started from), and DPIR's paired per-image gain over Wiener on the target table's 16 CBSD68 128×128
+centre crops (``prior_targets``' ``cbsd68-c128``, made once under ``--work``), the same images, blur, noise and seeds
+as the target (``restore.bench.bench``; each weight file's bench folder under ``--work`` resumes). The projection
+fits gain = a + b·log₂(pixels seen) to the last ``--fit-last`` points and solves for the margin: b is the gain per
+doubling of the training. Gains saturate, so the projection is a lower bound on the compute, and it says nothing
+about a larger network.
+
+Usage (the curve in docs/priors.md, the `natural` section)::
+
+    OMP_NUM_THREADS=1 python benchmarks/deblur_curve.py --work ~/.cache/restore/curve \\
+        --json docs/priors/natural_deblur_curve.json ~/.cache/restore/curve/natural-{500,...,16000}.safetensors \\
+        priors/embedded/natural.safetensors
+    python benchmarks/deblur_curve.py --json docs/priors/natural_deblur_curve.json --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parent))  # prior_curve, prior_targets
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import priors  # noqa: E402
+from prior_curve import compute_of  # noqa: E402
+from prior_targets import SHARED, TARGETS, paired, prepared  # noqa: E402
+from restore.bench import bench  # noqa: E402
+
+
+def measure(weights: str, work: Path, target, threads: int, lpips: str | None) -> dict:
+    card = priors.resolve(weights).card
+    images, pixels, seconds = compute_of(card)
+    folder = prepared(target.data, work, SHARED)
+    rows = bench([str(folder)], [target.task], ["dpir"], weights, work / f"bench-{Path(weights).stem}",
+                 noise=str(target.noise), limit=target.limit, baselines="wiener,tv", threads=threads,
+                 lpips_weights=lpips)
+    gain, over_tv = paired(rows, "dpir", "wiener", "psnr"), paired(rows, "dpir", "tv", "psnr")
+    dpir = [r for r in rows if r["solver"] == "dpir"]
+    return {"label": Path(weights).stem, "sha256": card.sha256, "images_seen": images, "pixels_seen": pixels,
+            "seconds": seconds, "n": gain["n"], "gain": gain["mean"], "gain_half": gain["half"],
+            "over_tv": over_tv["mean"], "over_tv_half": over_tv["half"],
+            "psnr": statistics.fmean(r["psnr"] for r in dpir), "lpips": statistics.fmean(r["lpips"] for r in dpir)}
+
+
+def projection(points: list[dict], margin: float, last: int) -> dict:
+    pts = sorted(points, key=lambda p: p["pixels_seen"])[-last:]
+    b, a = np.polyfit(np.log2([p["pixels_seen"] for p in pts]), [p["gain"] for p in pts], 1)
+    need = None if b <= 0 else float(2 ** ((margin - a) / b))
+    return {"per_doubling": float(b), "pixels_needed": need, "points": len(pts),
+            "factor": None if need is None else need / pts[-1]["pixels_seen"]}
+
+
+def table(res: dict) -> str:
+    lines = ["| weights | pixels seen (10⁶) | CPU h | DPIR dB | gain over Wiener, dB [95%] | over TV, dB [95%] | LPIPS |",
+             "|---|---|---|---|---|---|---|"]
+    for p in sorted(res["points"], key=lambda p: p["pixels_seen"]):
+        lines.append(f"| {p['label']} | {p['pixels_seen'] / 1e6:,.0f} | {p['seconds'] / 3600:.2f} | {p['psnr']:.2f} | "
+                     f"{p['gain']:+.2f} [{p['gain'] - p['gain_half']:+.2f}, {p['gain'] + p['gain_half']:+.2f}] | "
+                     f"{p['over_tv']:+.2f} [{p['over_tv'] - p['over_tv_half']:+.2f}, "
+                     f"{p['over_tv'] + p['over_tv_half']:+.2f}] | {p['lpips']:.3f} |")
+    pr = res["projection"]
+    reach = "not rising" if pr["pixels_needed"] is None else \
+        f"{pr['pixels_needed'] / 1e6:,.0f}·10⁶ pixels seen, {pr['factor']:,.0f}× the newest"
+    lines += ["", f"Fitted to the last {pr['points']} points: {pr['per_doubling']:+.3f} dB per doubling of the pixels "
+                  f"seen; the margin (+{res['margin']} dB) at {reach}."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("weights", nargs="*", help="weight files of one run (with their .json cards)")
+    ap.add_argument("--target", default="natural-deblur", help="a solver target of prior_targets (its first solver "
+                                                                "is not used: DPIR is)")
+    ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "restore" / "curve")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--lpips-weights", default=str(SHARED / "lpips" / "lpips_alex_v0.1.safetensors"))
+    ap.add_argument("--fit-last", type=int, default=3)
+    ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument("--table", action="store_true")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.json.read_text())))
+        return 0
+    target = {t.id: t for t in TARGETS}[args.target]
+    lpips = args.lpips_weights if Path(args.lpips_weights).is_file() else None
+    points = []
+    for w in args.weights:
+        points.append(measure(w, args.work, target, args.threads, lpips))
+        print(f"{points[-1]['label']}: gain {points[-1]['gain']:+.3f} dB over {target.baseline}", flush=True)
+    res = {"target": target.id, "task": target.task, "noise": target.noise, "margin": target.margin,
+           "solver": "dpir (its task preset)", "points": points,
+           "projection": projection(points, target.margin, args.fit_last)}
+    args.json.write_text(json.dumps(res, indent=1) + "\n")
+    print(table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
