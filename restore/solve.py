@@ -246,6 +246,7 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
                         + [Path(p) for p in protect])
     position: dict[str, int] = {}  # the rows come back in the jobs' order, whatever was resumed or grouped
     settings = run_settings(solver_name, prior_name, preset, steps, samples, estimate, params, accel)
+    overrides = overrides_of(solver_name, steps, params)
     for k, (job, name) in enumerate(zip(jobs, output_names([j.rel for j in jobs], f".{out_format}"))):
         target = out / name
         position[str(target)] = k
@@ -256,8 +257,8 @@ def run(jobs: list[Job], solver_name: str, prior_name: "str | object", out: Path
         if k % shard[1] != shard[0]:
             continue
         if target.exists() and ours and not overwrite:
-            other = earlier_settings_differ(sidecar, job, settings) or \
-                preset_values_differ(sidecar, solver_name, overrides_of(solver_name, steps, params))
+            side = read_sidecar(sidecar)
+            other = earlier_settings_differ(side, job, settings) or preset_values_differ(side, solver_name, overrides)
             if other:
                 raise RestoreError(f"'{target}' was made by an earlier run with other settings ({other}); give "
                                    f"another --out, or --overwrite to redo it with these.")
@@ -456,9 +457,7 @@ def run_settings(solver_name: str, prior_name, preset: str | None, steps: int | 
             want.append(("prior weights (sha256)", ("prior", "sha256"), card.sha256))
     if preset:
         want.append(("preset", ("preset",), preset))
-    overrides = dict(params or {})
-    if steps is not None and getattr(cls, "steps_param", "steps"):
-        overrides[getattr(cls, "steps_param", "steps")] = steps
+    overrides = overrides_of(solver_name, steps, params)
     wanted = get_solver(solver_name, **overrides).params
     want += [(key, ("params", key), wanted[key]) for key in overrides]
     want.append(("--equivariant", ("evaluation", "equivariant"), (accel or Acceleration()).equivariant))
@@ -468,22 +467,27 @@ def run_settings(solver_name: str, prior_name, preset: str | None, steps: int | 
 def overrides_of(solver_name: str, steps: int | None, params: dict | None) -> dict:
     """The parameters a run sets on top of the preset: each ``--param`` and ``--steps``."""
     overrides = dict(params or {})
-    if steps is not None:
-        overrides[getattr(SOLVERS[solver_name], "steps_param", "steps")] = steps
+    key = getattr(SOLVERS[solver_name], "steps_param", "steps")
+    if steps is not None and key:
+        overrides[key] = steps
     return overrides
 
 
-def preset_values_differ(sidecar: Path, solver_name: str, overrides: dict) -> str | None:
-    """How the parameters an earlier run set (its preset's values with its overrides, the sidecar's
+def read_sidecar(sidecar: Path) -> dict | None:
+    """An earlier output's sidecar, or None when it cannot be read as JSON."""
+    try:
+        return json.loads(Path(sidecar).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def preset_values_differ(side: dict | None, solver_name: str, overrides: dict) -> str | None:
+    """How the parameters an earlier run set (its preset's values with its overrides, the sidecar ``side``'s
     ``preset_params``) differ from what the same preset and this run's overrides give in this version of restore, in a
     few words; None if they are equal, or if the sidecar predates the record (or is a baseline's). So an output made
     before a preset was retuned, or with a --param or --steps this run does not give, is not resumed as if it were
     made with this run's values."""
-    try:
-        side = json.loads(Path(sidecar).read_text())
-    except (OSError, ValueError):
-        return None
-    stored = side.get("preset_params")
+    stored = (side or {}).get("preset_params")
     if not isinstance(stored, dict) or getattr(SOLVERS.get(solver_name), "baseline", False):
         return None
     preset = side.get("preset") or None
@@ -497,14 +501,12 @@ def preset_values_differ(sidecar: Path, solver_name: str, overrides: dict) -> st
     return None
 
 
-def earlier_settings_differ(sidecar: Path, job: Job, settings: list[tuple]) -> str | None:
-    """How the earlier run that wrote ``sidecar`` differs from this one (``run_settings``, and the job's operator,
+def earlier_settings_differ(side: dict | None, job: Job, settings: list[tuple]) -> str | None:
+    """How the earlier run whose sidecar is ``side`` differs from this one (``run_settings``, and the job's operator,
     seed and noise unless the image was fitted), in a few words; None for the same settings. So a resumed run never
     passes off an output made another way as its own. A sidecar without a hash or --equivariant (older runs) counts
     as having the same hash and --equivariant off."""
-    try:
-        side = json.loads(Path(sidecar).read_text())
-    except (OSError, ValueError):
+    if side is None:
         return None
     checks = [("operator", ("operator",), job.m.spec), ("seed", ("seed",), job.m.seed)]
     if not side.get("fit"):
