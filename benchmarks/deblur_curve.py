@@ -41,9 +41,9 @@ def measure(weights: str, work: Path, target, threads: int, lpips: str | None) -
     images, pixels, seconds = compute_of(card)
     folder = prepared(target.data, work, SHARED)
     rows = bench([str(folder)], [target.task], ["dpir"], weights, work / f"bench-{Path(weights).stem}",
-                 noise=str(target.noise), limit=target.limit, baselines="wiener,tv", threads=threads,
+                 noise=str(target.noise), limit=target.limit, baselines=f"{target.baseline},tv", threads=threads,
                  lpips_weights=lpips)
-    gain, over_tv = paired(rows, "dpir", "wiener", "psnr"), paired(rows, "dpir", "tv", "psnr")
+    gain, over_tv = paired(rows, "dpir", target.baseline, "psnr"), paired(rows, "dpir", "tv", "psnr")
     dpir = [r for r in rows if r["solver"] == "dpir"]
     return {"label": Path(weights).stem, "sha256": card.sha256, "images_seen": images, "pixels_seen": pixels,
             "seconds": seconds, "n": gain["n"], "gain": gain["mean"], "gain_half": gain["half"],
@@ -60,7 +60,8 @@ def projection(points: list[dict], margin: float, last: int) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = ["| weights | pixels seen (10⁶) | CPU h | DPIR dB | gain over Wiener, dB [95%] | over TV, dB [95%] | LPIPS |",
+    lines = [f"| weights | pixels seen (10⁶) | CPU h | DPIR dB | gain over {res.get('baseline', 'wiener')}, dB [95%] | "
+             "over TV, dB [95%] | LPIPS |",
              "|---|---|---|---|---|---|---|"]
     for p in sorted(res["points"], key=lambda p: p["pixels_seen"]):
         lines.append(f"| {p['label']} | {p['pixels_seen'] / 1e6:,.0f} | {p['seconds'] / 3600:.2f} | {p['psnr']:.2f} | "
@@ -78,8 +79,8 @@ def table(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights", nargs="*", help="weight files of one run (with their .json cards)")
-    ap.add_argument("--target", default="natural-deblur", help="a solver target of prior_targets (its first solver "
-                                                                "is not used: DPIR is)")
+    ap.add_argument("--target", default="natural-deblur", help="a solver target of prior_targets: its task, images, "
+                                                                "noise, baseline and margin (DPIR is measured)")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "restore" / "curve")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lpips-weights", default=str(SHARED / "lpips" / "lpips_alex_v0.1.safetensors"))
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
     for w in args.weights:
         points.append(measure(w, args.work, target, args.threads, lpips))
         print(f"{points[-1]['label']}: gain {points[-1]['gain']:+.3f} dB over {target.baseline}", flush=True)
-    res = {"target": target.id, "task": target.task, "noise": target.noise, "margin": target.margin,
+    res = {"target": target.id, "task": target.task, "noise": target.noise, "baseline": target.baseline,
+           "margin": target.margin,
            "solver": "dpir (its task preset)", "points": points,
            "projection": projection(points, target.margin, args.fit_last)}
     args.json.write_text(json.dumps(res, indent=1) + "\n")
