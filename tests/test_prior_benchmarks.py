@@ -1,8 +1,9 @@
 """The prior benchmark scripts: ``benchmarks/prior_targets.py`` (the target table of the priors issue: verdicts
 from paired per-image gains, checked against scipy's paired t-test; the prepared test crops; the denoiser target at
 toy scale), ``benchmarks/train_recipes.py`` (candidates compared at the same evaluation point; the 32² crop
-candidate runs 4× the steps for the same pixels seen), ``prior_curve.py`` and ``autoencoder_curve.py`` (their
-log-linear projections; the autoencoder curve's chunks at toy scale)."""
+candidate runs 4× the steps for the same pixels seen), ``prior_curve.py``, ``autoencoder_curve.py`` and
+``deblur_curve.py`` (their log-linear projections; the autoencoder curve's chunks at toy scale; the deblurring
+curve's per-solver detail against scipy's Laplacian)."""
 
 from __future__ import annotations
 
@@ -327,6 +328,37 @@ def test_quality_against_compute_projection_solves_the_log_linear_trend(tmp_path
     card = type("C", (), {"extra": {"steps": 1000, "batch_size": 16, "train_seconds": 100.0, "train_size": 32,
                                     "init_steps": 1400, "init_batch_size": 16, "init_train_seconds": 50.0}})()
     assert pc.compute_of(card) == (2400 * 16, 2400 * 16 * 32 * 32, 150.0)
+
+
+def test_deblur_curve_projects_and_measures_each_solvers_detail(tmp_path):
+    from scipy import ndimage
+
+    dc = _module("deblur_curve")
+    # gain = 0.1·log2(pixels) − 0.5: the +1.5 margin at 2^20 pixels, 2^8 × the newest point's 2^12
+    pts = [{"pixels_seen": 2**k, "gain": 0.1 * k - 0.5} for k in (8, 10, 12)]
+    pr = dc.projection(pts, 1.5, last=3)
+    assert math.isclose(pr["per_doubling"], 0.1, rel_tol=1e-9) and math.isclose(pr["factor"], 2.0**8, rel_tol=1e-6)
+    assert dc.projection(pts[-1:], 1.5, last=3)["per_doubling"] is None  # one training length: no trend
+    # detail: each output's Laplacian energy over its reference's (named in its sidecar), geometric mean
+    rng = np.random.default_rng(0)
+    rows, ratios = [], []
+    for k, amp in enumerate((0.3, 0.6, 1.0)):
+        ref = torch.from_numpy(rng.uniform(0.2, 0.8, (3, 16, 16))).float()
+        out = (0.5 + amp * (ref - 0.5)).clamp(0, 1)
+        save_image(tmp_path / f"ref{k}.png", ref)
+        save_image(tmp_path / f"out{k}.png", out)
+        (tmp_path / f"out{k}.json").write_text(json.dumps({"reference": str(tmp_path / f"ref{k}.png")}))
+        rows.append({"solver": "ddrm", "status": "written", "psnr": 20.0 + k, "lpips": 0.1 * k,
+                     "output": str(tmp_path / f"out{k}.png")})
+        lap = [ndimage.laplace(load_image(tmp_path / f"{n}{k}.png").numpy().astype(np.float64).mean(0), mode="mirror")
+               for n in ("out", "ref")]
+        ratios.append(np.mean(lap[0] ** 2) / np.mean(lap[1] ** 2))
+    rows.append({"solver": "dpir", "status": "written", "psnr": 99.0, "lpips": 0.9, "output": "elsewhere.png"})
+    m = dc.solver_means(rows, "ddrm")
+    assert m["n"] == 3 and math.isclose(m["psnr"], 21.0) and math.isclose(m["lpips"], 0.1)
+    assert math.isclose(m["detail"], float(np.exp(np.mean(np.log(ratios)))), rel_tol=1e-9)
+    assert 0.05 < ratios[0] < 0.15 and math.isclose(ratios[2], 1.0)  # amplitude² in Laplacian energy
+    assert dc.solver_means(rows, "dpir")["detail"] is None  # no sidecar: no detail, not a made-up 1
 
 
 def test_colour_stats_of_sample_sets():
