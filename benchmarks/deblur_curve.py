@@ -12,8 +12,10 @@ about a larger network.
 
 ``--solvers dpir,ddrm,...`` measures more solvers on the same measurements (the first decides the gain and the
 projection): each one's mean PSNR, LPIPS and fine detail (``restore.compare.detail_ratio``: the outputs' Laplacian
-energy over the clean crops', a geometric mean; 1 = as detailed as the clean image). That is how a texture trade
-shows against compute: a denoiser trained longer can raise PSNR and smooth the outputs. ``--append`` adds points to
+energy over the clean crops', a geometric mean; 1 = as detailed as the clean image) and the same ratio for colour
+(``chroma_ratio``: the Laplacian energy of R − G and B − G, so a grain of colour speckle shows apart from detail in
+brightness). That is how a texture trade shows against compute: a denoiser trained longer can raise PSNR and smooth
+the outputs. ``--append`` adds points to
 a JSON already written (a run measured while it trains).
 
 Usage (the curve in docs/priors.md, the `natural` section)::
@@ -40,16 +42,41 @@ import priors  # noqa: E402
 from prior_curve import compute_of  # noqa: E402
 from prior_targets import SHARED, TARGETS, paired, prepared  # noqa: E402
 from restore.bench import bench  # noqa: E402
-from restore.compare import detail_ratio  # noqa: E402
+from restore.compare import detail_ratio, laplacian_energy  # noqa: E402
+from restore.io import load_image  # noqa: E402
+
+
+def chroma_ratio(output: str) -> float | None:
+    """Fine colour energy of a bench output relative to its clean reference (named in its sidecar): the Laplacian
+    energy of R − G plus that of B − G. Above 1 the output has colour speckle the image does not; None for grey
+    images or a missing sidecar."""
+    def energy(path) -> float | None:
+        x = load_image(path).numpy().astype(np.float64)
+        if x.shape[0] != 3:
+            return None
+        return laplacian_energy(x[0] - x[1]) + laplacian_energy(x[2] - x[1])
+
+    try:
+        ref = json.loads(Path(output).with_suffix(".json").read_text())["reference"]
+        eo, er = energy(output), energy(ref)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if eo is None or not er else eo / er
+
+
+def geometric_mean(values) -> float | None:
+    values = [v for v in values if v is not None and v > 0]
+    return float(np.exp(np.mean(np.log(values)))) if values else None
 
 
 def solver_means(rows: list[dict], solver: str) -> dict:
-    """Mean PSNR and LPIPS of one solver's written outputs, and the geometric mean of their detail ratios."""
+    """Mean PSNR and LPIPS of one solver's written outputs, and the geometric means of their detail and chroma
+    ratios."""
     mine = [r for r in rows if r["solver"] == solver and r.get("status") == "written"]
-    ratios = [v for v in (detail_ratio(r.get("output", "")) for r in mine) if v is not None and v > 0]
     lp = [r["lpips"] for r in mine if isinstance(r.get("lpips"), (int, float))]
     return {"psnr": statistics.fmean(r["psnr"] for r in mine), "lpips": statistics.fmean(lp) if lp else None,
-            "detail": float(np.exp(np.mean(np.log(ratios)))) if ratios else None, "n": len(mine)}
+            "detail": geometric_mean(detail_ratio(r.get("output", "")) for r in mine),
+            "chroma": geometric_mean(chroma_ratio(r.get("output", "")) for r in mine), "n": len(mine)}
 
 
 def measure(weights: str, work: Path, target, threads: int, lpips: str | None, solvers=("dpir",),
@@ -102,19 +129,19 @@ def table(res: dict) -> str:
 
 
 def solver_table(res: dict) -> list[str]:
-    """Every measured solver's PSNR / LPIPS / detail at each point, one column each (none for older JSONs)."""
+    """Every measured solver's PSNR / LPIPS / detail / chroma at each point, one column each (none for older JSONs)."""
     lines = []
     names = [s for p in res["points"] for s in p.get("solvers", {})]
     names = list(dict.fromkeys(names))
     if names:  # every solver's PSNR / LPIPS / detail, one column each
-        lines += ["", "| weights | " + " | ".join(f"{s}: dB / LPIPS / detail" for s in names) + " |",
+        lines += ["", "| weights | " + " | ".join(f"{s}: dB / LPIPS / detail / chroma" for s in names) + " |",
                   "|---|" + "---|" * len(names)]
         for p in sorted(res["points"], key=lambda p: (p["pixels_seen"], p["label"])):
             cells = []
             for s in names:
                 m = p.get("solvers", {}).get(s)
                 cells.append("" if m is None else f"{m['psnr']:.2f} / " + " / ".join(
-                    "–" if m[k] is None else f"{m[k]:.3f}" for k in ("lpips", "detail")))
+                    "–" if m.get(k) is None else f"{m[k]:.3f}" for k in ("lpips", "detail", "chroma")))
             lines.append(f"| {p['label']} | " + " | ".join(cells) + " |")
     return lines
 

@@ -3,7 +3,7 @@ from paired per-image gains, checked against scipy's paired t-test; the prepared
 toy scale), ``benchmarks/train_recipes.py`` (candidates compared at the same evaluation point; the 32² crop
 candidate runs 4× the steps for the same pixels seen), ``prior_curve.py``, ``autoencoder_curve.py`` and
 ``deblur_curve.py`` (their log-linear projections; the autoencoder curve's chunks at toy scale; the deblurring
-curve's per-solver detail against scipy's Laplacian)."""
+curve's per-solver detail and colour detail against scipy's Laplacian)."""
 
 from __future__ import annotations
 
@@ -341,7 +341,7 @@ def test_deblur_curve_projects_and_measures_each_solvers_detail(tmp_path):
     assert dc.projection(pts[-1:], 1.5, last=3)["per_doubling"] is None  # one training length: no trend
     # detail: each output's Laplacian energy over its reference's (named in its sidecar), geometric mean
     rng = np.random.default_rng(0)
-    rows, ratios = [], []
+    rows, ratios, chromas = [], [], []
     for k, amp in enumerate((0.3, 0.6, 1.0)):
         ref = torch.from_numpy(rng.uniform(0.2, 0.8, (3, 16, 16))).float()
         out = (0.5 + amp * (ref - 0.5)).clamp(0, 1)
@@ -350,15 +350,21 @@ def test_deblur_curve_projects_and_measures_each_solvers_detail(tmp_path):
         (tmp_path / f"out{k}.json").write_text(json.dumps({"reference": str(tmp_path / f"ref{k}.png")}))
         rows.append({"solver": "ddrm", "status": "written", "psnr": 20.0 + k, "lpips": 0.1 * k,
                      "output": str(tmp_path / f"out{k}.png")})
-        lap = [ndimage.laplace(load_image(tmp_path / f"{n}{k}.png").numpy().astype(np.float64).mean(0), mode="mirror")
-               for n in ("out", "ref")]
+        x = [load_image(tmp_path / f"{n}{k}.png").numpy().astype(np.float64) for n in ("out", "ref")]
+        lap = [ndimage.laplace(v.mean(0), mode="mirror") for v in x]
         ratios.append(np.mean(lap[0] ** 2) / np.mean(lap[1] ** 2))
+        col = [sum(np.mean(ndimage.laplace(v[c] - v[1], mode="mirror") ** 2) for c in (0, 2)) for v in x]
+        chromas.append(col[0] / col[1])
     rows.append({"solver": "dpir", "status": "written", "psnr": 99.0, "lpips": 0.9, "output": "elsewhere.png"})
     m = dc.solver_means(rows, "ddrm")
     assert m["n"] == 3 and math.isclose(m["psnr"], 21.0) and math.isclose(m["lpips"], 0.1)
     assert math.isclose(m["detail"], float(np.exp(np.mean(np.log(ratios)))), rel_tol=1e-9)
+    assert math.isclose(m["chroma"], float(np.exp(np.mean(np.log(chromas)))), rel_tol=1e-9)
     assert 0.05 < ratios[0] < 0.15 and math.isclose(ratios[2], 1.0)  # amplitude² in Laplacian energy
     assert dc.solver_means(rows, "dpir")["detail"] is None  # no sidecar: no detail, not a made-up 1
+    save_image(tmp_path / "grey.png", torch.full((1, 8, 8), 0.5))
+    (tmp_path / "grey.json").write_text(json.dumps({"reference": str(tmp_path / "grey.png")}))
+    assert dc.chroma_ratio(str(tmp_path / "grey.png")) is None  # a grey image has no colour to speckle
 
 
 def test_colour_stats_of_sample_sets():
