@@ -43,7 +43,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import statistics
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -112,26 +114,38 @@ TARGETS = (
 
 # ----------------------------------------------------------------------------------------------------- test data
 def prepared(name: str, work: Path, shared: Path) -> Path:
-    """The folder of a target's test images (made once under ``work`` for the prepared ones)."""
-    if name == "cbsd68-c128":
-        out = work / "data" / name
-        if not out.is_dir():
-            for path, rel in find_images([str(shared / "test" / "cbsd68")]):
-                im = load_image(path)
+    """The folder of a target's test images (made once under ``work`` for the prepared ones).
+
+    A prepared folder is written under a private name and renamed into place when complete, so a run that is
+    killed part-way, or a second run started at the same time, never sees (and never benchmarks) a partial set.
+    """
+    if name not in ("cbsd68-c128", "ct128"):
+        return shared / "test" / name
+    out = work / "data" / name
+    if out.is_dir():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out.parent))
+    try:
+        src = "cbsd68" if name == "cbsd68-c128" else "ct_dicom"
+        for path, rel in find_images([str(shared / "test" / src)]):
+            im = load_image(path)
+            if name == "cbsd68-c128":
                 h, w = im.shape[-2:]
                 top, left = (h - 128) // 2, (w - 128) // 2
-                save_image(out / rel.with_suffix(".png"), im[:, top:top + 128, left:left + 128])
-        return out
-    if name == "ct128":
-        out = work / "data" / name
-        if not out.is_dir():
-            for path, rel in find_images([str(shared / "test" / "ct_dicom")]):
-                im = load_image(path)  # the HU window [-1000, 1000] → [0, 1] that restore applies to DICOM
+                save_image(tmp / rel.with_suffix(".png"), im[:, top:top + 128, left:left + 128])
+            else:  # the HU window [-1000, 1000] → [0, 1] that restore applies to DICOM
                 im = F.interpolate(im[None], size=(128, 128), mode="bicubic", antialias=True,
                                    align_corners=False)[0].clamp(0, 1)
-                save_image(out / rel.with_suffix(".tif"), im)
-        return out
-    return shared / "test" / name
+                save_image(tmp / rel.with_suffix(".tif"), im)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another run finished the same folder first: keep theirs
+            if not out.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- measuring

@@ -175,6 +175,29 @@ def test_prepared_photograph_crops_are_native_scale_centre_crops(pt, tmp_path):
     ref = load_image(shared / "test" / "cbsd68" / "a.png")[:, 11:139, 36:164]
     assert crop.shape == (3, 128, 128) and torch.equal(crop, ref)
     assert pt.prepared("faces64", tmp_path / "work", shared) == shared / "test" / "faces64"
+    assert sorted(p.name for p in (tmp_path / "work" / "data").iterdir()) == ["cbsd68-c128"]  # no temp folder left
+
+
+def test_prepared_folder_appears_only_when_complete(pt, tmp_path, monkeypatch):
+    """A run killed part-way leaves no partial folder that a later run would benchmark as the whole test set."""
+    shared = tmp_path / "shared"
+    for name in "abc":
+        save_image(shared / "test" / "cbsd68" / f"{name}.png", torch.rand(3, 130, 130))
+    real, calls = pt.save_image, []
+
+    def dies_on_third(path, im):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(path, im)
+
+    monkeypatch.setattr(pt, "save_image", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        pt.prepared("cbsd68-c128", tmp_path / "work", shared)
+    assert list((tmp_path / "work" / "data").iterdir()) == []
+    monkeypatch.setattr(pt, "save_image", real)
+    folder = pt.prepared("cbsd68-c128", tmp_path / "work", shared)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png", "c.png"]
 
 
 def test_denoiser_target_against_bm3d_at_toy_scale(pt, tmp_path):
