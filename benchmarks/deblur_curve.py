@@ -15,8 +15,7 @@ projection): each one's mean PSNR, LPIPS and fine detail (``restore.compare.deta
 energy over the clean crops', a geometric mean; 1 = as detailed as the clean image) and the same ratio for colour
 (``chroma_ratio``: the Laplacian energy of R − G and B − G, so a grain of colour speckle shows apart from detail in
 brightness). That is how a texture trade shows against compute: a denoiser trained longer can raise PSNR and smooth
-the outputs. ``--append`` adds points to
-a JSON already written (a run measured while it trains).
+the outputs. ``--append`` adds points to a JSON already written (a run measured while it trains).
 
 Usage (the curve in docs/priors.md, the `natural` section)::
 
@@ -121,10 +120,16 @@ def table(res: dict) -> str:
     if pr["per_doubling"] is None:
         lines += ["", "(One training length: no trend to fit.)"]
         return "\n".join(lines + solver_table(res))
-    reach = "not rising" if pr["pixels_needed"] is None else \
-        f"{pr['pixels_needed'] / 1e6:,.0f}·10⁶ pixels seen, {pr['factor']:,.0f}× the newest"
+    newest = max(res["points"], key=lambda p: p["pixels_seen"])
+    if newest["gain"] >= res["margin"]:
+        reach = f"the newest point already clears the margin (+{res['margin']} dB)."
+    elif pr["pixels_needed"] is None:
+        reach = f"the gain is not rising, so no compute reaches the margin (+{res['margin']} dB)."
+    else:
+        reach = f"the margin (+{res['margin']} dB) at {pr['pixels_needed'] / 1e6:,.0f}·10⁶ pixels seen, " \
+                f"{pr['factor']:,.0f}× the newest."
     lines += ["", f"Fitted to the last {pr['points']} points: {pr['per_doubling']:+.3f} dB per doubling of the pixels "
-                  f"seen; the margin (+{res['margin']} dB) at {reach}."]
+                  f"seen; {reach}"]
     return "\n".join(lines + solver_table(res))
 
 

@@ -362,6 +362,13 @@ def test_deblur_curve_projects_and_measures_each_solvers_detail(tmp_path):
     pr = dc.projection(pts, 1.5, last=3)
     assert math.isclose(pr["per_doubling"], 0.1, rel_tol=1e-9) and math.isclose(pr["factor"], 2.0**8, rel_tol=1e-6)
     assert dc.projection(pts[-1:], 1.5, last=3)["per_doubling"] is None  # one training length: no trend
+    # the table's sentence: the projected compute, or that the newest point already clears the margin
+    rows = [dict(p, label=f"s{p['pixels_seen']}", seconds=1.0, psnr=24.0, gain_half=0.1, over_tv=0.0,
+                 over_tv_half=0.1, lpips=0.3) for p in pts]
+    res = {"baseline": "wiener", "points": rows, "projection": pr, "margin": 1.5}
+    assert "the margin (+1.5 dB) at 1·10⁶ pixels seen, 256× the newest." in dc.table(res)
+    met = dict(res, margin=0.5, projection=dc.projection(rows, 0.5, last=3))
+    assert "the newest point already clears the margin (+0.5 dB)." in dc.table(met)
     # detail: each output's Laplacian energy over its reference's (named in its sidecar), geometric mean
     rng = np.random.default_rng(0)
     rows, ratios, chromas = [], [], []
